@@ -1,0 +1,1 @@
+"""The `fedvault` command: one module per subcommand, each exposing `register(subparsers)`."""

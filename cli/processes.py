@@ -1,0 +1,278 @@
+"""Supervise Flower's long-running processes so that stopping FedVault stops all of them.
+
+`flower-superlink` and `flower-supernode` spawn helpers of their own (`flower-superexec`, which
+spawns the ServerApp/ClientApp processes), some in new sessions, and those only notice a
+vanished parent by polling. So each child starts in its own process group, this process
+becomes a child subreaper (orphaned descendants are re-parented here, not to init), and
+stopping sends SIGTERM to every group, waits, then SIGKILLs whatever descendant is left.
+Children's output is streamed line by line with a name prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from privacy.certs import format_address
+from privacy.errors import FedVaultError
+
+PR_SET_CHILD_SUBREAPER = 36
+STOP_GRACE_S = 10.0
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def executable(name: str) -> str:
+    """Absolute path of a console script installed beside this Python, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FedVaultError(f"{name} not found (is flwr 1.42 installed in this environment?)")
+    return found
+
+
+def flower_env(flwr_home: Path | None = None, extra: Mapping[str, str] | None = None) -> dict:
+    """Environment for a Flower process: offline settings, this Python's bin dir on PATH.
+
+    Flower starts `flower-superexec` and the app processes by bare name, so they must be on
+    PATH even when FedVault was launched without activating its virtual environment.
+    """
+    env = dict(os.environ)
+    env.update(FLOWER_ENV)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    env.update(extra or {})
+    return env
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A FedVaultError naming the address when something already listens there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise FedVaultError(
+                f"cannot listen on {format_address(host, port)}: {exc.strerror}"
+            ) from None
+
+
+def _proc_stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent pid, state, start time) of a process, or None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def _process_table() -> dict[int, list[tuple[int, str, int]]]:
+    """Parent pid -> [(pid, state, start time)] for every process in /proc."""
+    table: dict[int, list[tuple[int, str, int]]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _proc_stat(int(entry))) is not None:
+            table.setdefault(stat[0], []).append((int(entry), stat[1], stat[2]))
+    return table
+
+
+def descendants(root: int) -> list[tuple[int, int]]:
+    """Every live (non-zombie) descendant of `root` as (pid, start time)."""
+    table = _process_table()
+    found: list[tuple[int, int]] = []
+    pending = [root]
+    while pending:
+        for pid, state, start in table.get(pending.pop(), []):
+            if state != "Z":
+                found.append((pid, start))
+            pending.append(pid)
+    return found
+
+
+def alive(pid: int, start_time: int) -> bool:
+    """Whether the process `pid` that started at `start_time` still runs (not a zombie)."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[1] != "Z" and stat[2] == start_time
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (Linux); a no-op where prctl is unavailable."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+@dataclass
+class Child:
+    """One supervised process and the tail of its output."""
+
+    name: str
+    process: subprocess.Popen
+    lines: deque = field(default_factory=lambda: deque(maxlen=200))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pump: threading.Thread | None = None
+
+    def exited(self) -> int | None:
+        return self.process.poll()
+
+    def output(self) -> list[str]:
+        """The last lines the process wrote (up to 200)."""
+        with self.lock:
+            return list(self.lines)
+
+    def last_lines(self, count: int = 5) -> str:
+        return " | ".join(line.strip() for line in self.output()[-count:] if line.strip())
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+class Supervisor:
+    """Start named processes, stream their output, and stop every one of them on exit.
+
+    Use it as a context manager: inside, SIGTERM and SIGHUP raise KeyboardInterrupt like
+    SIGINT does, so any way of stopping FedVault unwinds through `stop()`.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.children: list[Child] = []
+        self._out_lock = threading.Lock()
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> Supervisor:
+        become_subreaper()
+        self._previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
+        for sig in self.SIGNALS:
+            signal.signal(sig, _interrupt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+
+    def _pump(self, child: Child) -> None:
+        assert child.process.stdout is not None
+        for line in child.process.stdout:
+            with child.lock:
+                child.lines.append(line)
+            with self._out_lock:
+                self.out.write(f"[{child.name}] {line}")
+                self.out.flush()
+
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> Child:
+        """Start `argv` in a new process group; its output is streamed as `[name] line`."""
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=dict(env),
+            start_new_session=True,
+        )
+        child = Child(name, process)
+        self.children.append(child)
+        child.pump = threading.Thread(target=self._pump, args=(child,), daemon=True)
+        child.pump.start()
+        return child
+
+    def wait_until(
+        self,
+        child: Child,
+        ready: Callable[[], bool],
+        timeout: float,
+        what: str,
+        on_exit: Callable[[Child], FedVaultError] | None = None,
+    ) -> None:
+        """Poll `ready()` until true; a FedVaultError if `child` exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            code = child.exited()
+            if code is not None:
+                if child.pump is not None:
+                    child.pump.join(timeout=2)
+                if on_exit is not None:
+                    raise on_exit(child)
+                raise FedVaultError(
+                    f"{child.name} exited with status {code} before {what}: {child.last_lines()}"
+                )
+            if time.monotonic() > deadline:
+                raise FedVaultError(f"{child.name}: no {what} after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def wait_for_exit_or_signal(self) -> Child | None:
+        """Block until a child exits (returned) or a stop signal arrives (None)."""
+        try:
+            while True:
+                for child in self.children:
+                    if child.exited() is not None:
+                        return child
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            return None
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """SIGTERM every child's group, wait up to `grace` s, then SIGKILL any leftover."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        me = os.getpid()
+        own = {child.process.pid for child in self.children}
+        tree = descendants(me)
+        for child in self.children:
+            if child.exited() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        while any(alive(p, s) for p, s in tree) and time.monotonic() < deadline:
+            _reap_orphans(own)
+            time.sleep(0.1)
+        for pid, start in {*tree, *descendants(me)}:
+            if alive(pid, start):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        for child in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(timeout=5)
+            if child.pump is not None:
+                child.pump.join(timeout=2)
+        time.sleep(0.1)
+        _reap_orphans(own)
+
+
+def _reap_orphans(own: set[int]) -> None:
+    """Collect adopted orphans that exited (zombie children that are not in `own`)."""
+    for pid, state, _ in _process_table().get(os.getpid(), []):
+        if state == "Z" and pid not in own:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,165 @@
+"""`fedvault server` (the coordinator's SuperLink + Fleet-only proxy) and `fedvault register`.
+
+`server` runs in the foreground like a service: it streams the logs of what it started,
+and on Ctrl-C or SIGTERM stops all of it (see cli/processes.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cli.processes import Supervisor, check_port_free, executable, flower_env
+from privacy.certs import LOOPBACK_IPS
+from server.superlink import (
+    DEFAULT_CONTROL_PORT,
+    DEFAULT_PORT,
+    LOOPBACK,
+    nginx_command,
+    prepare_server,
+    proxy_ready,
+    register_site,
+    superlink_command,
+    superlink_ready,
+    write_server_record,
+)
+
+READY_TIMEOUT_S = 90.0
+
+
+def _server(args: argparse.Namespace) -> int:
+    settings = prepare_server(
+        args.certs, args.state_dir, args.host, args.port, args.control_port, not args.no_proxy
+    )
+    check_port_free(LOOPBACK, settings.control_port)
+    if settings.proxy:
+        check_port_free(settings.host, settings.port)
+    env = flower_env(settings.state_dir / "flwr")
+    with Supervisor() as supervisor:
+        superlink = supervisor.start(
+            "superlink", superlink_command(settings, executable("flower-superlink")), env
+        )
+        supervisor.wait_until(
+            superlink, lambda: superlink_ready(settings), args.ready_timeout, "readiness"
+        )
+        if settings.proxy:
+            proxy = supervisor.start("proxy", nginx_command(settings), env)
+            supervisor.wait_until(
+                proxy, lambda: proxy_ready(settings), args.ready_timeout, "proxied Fleet API"
+            )
+        record = write_server_record(settings)
+        print(
+            f"fedvault: server ready. Sites connect to {settings.fleet_address}; "
+            f"runs and registrations use {settings.control_address} on this machine "
+            f"(recorded in {record}). Stop with Ctrl-C.",
+            flush=True,
+        )
+        exited = supervisor.wait_for_exit_or_signal()
+        if exited is not None:
+            print(
+                f"fedvault: error: {exited.name} exited with status {exited.exited()}; "
+                "stopping the server",
+                file=sys.stderr,
+            )
+            return 1
+    print("fedvault: server stopped", flush=True)
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    site = register_site(
+        args.public_key,
+        args.name,
+        args.state_dir,
+        executable("flwr"),
+        flower_env(),
+        server=args.server,
+        ca=args.ca,
+    )
+    print(f"registered site {site.name!r}: node {site.node_id}, key {site.fingerprint}")
+    return 0
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
+    return int(text)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `fedvault server` and `fedvault register`."""
+    server = subparsers.add_parser(
+        "server",
+        help="run the coordinator: Flower SuperLink behind a Fleet-only TLS proxy",
+        description="Start flower-superlink with TLS, SuperNode authentication, a persistent "
+        "database (STATE_DIR/superlink.db) and no runtime dependency installation, bound to "
+        "127.0.0.1:CONTROL_PORT only. Sites connect to HOST:PORT, served by nginx, which "
+        "forwards nothing but the Fleet API: run submission and node registration are "
+        "possible only from this machine. Streams the logs; Ctrl-C or SIGTERM stops "
+        "everything it started.",
+    )
+    server.add_argument(
+        "--certs",
+        required=True,
+        metavar="DIR",
+        help="directory from `fedvault certs init` (ca.crt, server.crt, server.key)",
+    )
+    server.add_argument(
+        "--state-dir",
+        required=True,
+        metavar="DIR",
+        help="the server's state: database, registered sites, proxy config (created 0700)",
+    )
+    server.add_argument(
+        "--host",
+        default=LOOPBACK_IPS[0],
+        help="address sites connect to (default: %(default)s; 0.0.0.0 for all interfaces)",
+    )
+    server.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="port sites connect to (%(default)s)"
+    )
+    server.add_argument(
+        "--control-port",
+        type=_port,
+        default=DEFAULT_CONTROL_PORT,
+        help="loopback-only port of the SuperLink itself: Control API for runs and "
+        "registrations (default: %(default)s)",
+    )
+    server.add_argument(
+        "--no-proxy",
+        action="store_true",
+        help="run without nginx: only 127.0.0.1:CONTROL_PORT is served, so sites must run on "
+        "this machine (trials on one host)",
+    )
+    server.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=READY_TIMEOUT_S,
+        metavar="SECONDS",
+        help="give up if not ready within this time (default: %(default)s)",
+    )
+    server.set_defaults(func=_server)
+
+    reg = subparsers.add_parser(
+        "register",
+        help="allow a site's key to connect to the server",
+        description="Register a site's node-authentication public key (from `fedvault keys "
+        "new`) with the running server, and record the site's name and key fingerprint in "
+        "STATE_DIR/sites.toml. Run it on the server machine: registration uses the "
+        "loopback-only Control API. Check the fingerprint with the site out of band.",
+    )
+    reg.add_argument("public_key", metavar="KEY.pub", help="the site's OpenSSH public key")
+    reg.add_argument("--name", required=True, help="the site's name (letters, digits, . _ -)")
+    reg.add_argument(
+        "--state-dir",
+        required=True,
+        metavar="DIR",
+        help="the server's --state-dir (holds the control address and the site registry)",
+    )
+    reg.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="Control API address, if not the one recorded in STATE_DIR/server.toml",
+    )
+    reg.add_argument("--ca", metavar="CA_CERT", help="CA certificate, if not the recorded one")
+    reg.set_defaults(func=_register)

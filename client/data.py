@@ -1,0 +1,91 @@
+"""A site's own training and validation rows.
+
+In simulation every virtual site loads the shared dataset (cached per process) and keeps only
+its partition; in deployment a site reads its own CSV. Either way the site keeps a small
+deterministic validation split of its rows for client-side evaluation.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from client.site import Site
+from privacy.errors import FedVaultError
+from tasks.datasets import Dataset, split_indices
+from tasks.partition import (
+    PartitionSpec,
+    partition_by_column,
+    partition_dirichlet,
+    partition_iid,
+)
+from tasks.registry import TaskSettings, load_dataset, load_site_table
+from tasks.tabular import Schema
+
+VALIDATION_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """The arrays a site trains and validates on."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    num_features: int
+    num_classes: int
+
+
+@functools.lru_cache(maxsize=4)
+def cached_dataset(task: TaskSettings) -> Dataset:
+    """The task's dataset, loaded once per process (Ray actors serve many rounds)."""
+    return load_dataset(task)
+
+
+def partition_rows(dataset: Dataset, spec: PartitionSpec, num_sites: int, seed: int) -> list:
+    """Row indices of every site's share of the training set."""
+    if spec.kind == "iid":
+        return partition_iid(len(dataset.y_train), num_sites, seed)
+    if spec.kind == "dirichlet":
+        return partition_dirichlet(dataset.y_train, num_sites, spec.alpha, seed)
+    if spec.column not in dataset.groups:
+        raise FedVaultError(f"partition column {spec.column!r} is not a column of this task")
+    return partition_by_column(dataset.groups[spec.column], num_sites)
+
+
+def site_table(task: TaskSettings, site: Site, partition: str):
+    """The raw table rows of a tabular site (before its anonymization policy)."""
+    if not site.simulated:
+        return load_site_table(task, site.data_path).train_table
+    dataset = cached_dataset(task)
+    rows = partition_rows(dataset, PartitionSpec.parse(partition), site.num_partitions, task.seed)
+    return dataset.train_table.iloc[rows[site.partition_id]].reset_index(drop=True)
+
+
+def load_site_data(task: TaskSettings, site: Site, partition: str, table=None) -> SiteData:
+    """This site's train/validation arrays; `table` is its (anonymized) raw table if tabular."""
+    if task.name == "tabular":
+        schema = cached_schema(task.schema)
+        x, y = schema.encode(table, site.data_path or site.name)
+        num_features, num_classes = schema.num_features, len(schema.classes)
+    elif site.simulated:
+        dataset = cached_dataset(task)
+        parts = partition_rows(
+            dataset, PartitionSpec.parse(partition), site.num_partitions, task.seed
+        )
+        rows = parts[site.partition_id]
+        x, y = dataset.x_train[rows], dataset.y_train[rows]
+        num_features, num_classes = dataset.num_features, dataset.num_classes
+    else:
+        raise FedVaultError(f"task {task.name!r} has no deployment data loader; use tabular")
+    train, val = split_indices(len(y), VALIDATION_FRACTION, task.seed + 1)
+    return SiteData(x[train], y[train], x[val], y[val], num_features, num_classes)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_schema(text: str) -> Schema:
+    """The shared schema, parsed once per process."""
+    return Schema.from_toml(text)

@@ -1,0 +1,45 @@
+"""Run a whole secure-aggregation round in one process: the reference driver.
+
+It shows, in a dozen lines, what server/ and client/ do over Flower messages (each
+`requests()` / `receive()` pair is one `Grid.send_and_receive`), and it is what the tests and
+benchmarks/secagg.py use to simulate rounds with dropouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import numpy as np
+
+from privacy.secagg.client import SecAggClient
+from privacy.secagg.config import SecAggConfig
+from privacy.secagg.server import SecAggResult, SecAggServer
+
+
+def run_round(
+    config: SecAggConfig,
+    updates: Mapping[int, np.ndarray],
+    weights: Mapping[int, int],
+    *,
+    session: str = "local",
+    seed: int | None = None,
+    silent: Mapping[str, Collection[int]] | None = None,
+) -> SecAggResult:
+    """Aggregate `updates` (client id -> flat vector) securely; `silent[stage]` never reply.
+
+    Raises SecAggAbort when the dropouts leave a mask that cannot be removed.
+    """
+    silent = silent or {}
+    ids = sorted(updates)
+    vector_length = len(next(iter(updates.values())))
+    server = SecAggServer(config, session, ids, vector_length, seed=seed)
+    clients = {cid: SecAggClient(cid) for cid in ids}
+    while not server.done:
+        stage = server.stage
+        replies = [
+            clients[cid].handle(request, updates[cid], weights[cid])
+            for cid, request in server.requests().items()
+            if cid not in silent.get(stage, ())
+        ]
+        server.receive(replies)
+    return server.result()

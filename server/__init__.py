@@ -1,0 +1,1 @@
+"""The ServerApp: strategy, rounds, secure-aggregation stages, run directory and ledger."""

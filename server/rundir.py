@@ -1,0 +1,67 @@
+"""The run directory: config used, per-round metrics (JSON and CSV), final model, status.
+
+`status.json` says `running` from the first moment and `completed` only after the final model
+and metrics are in place, so a crashed or interrupted run never looks complete. Every file is
+written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from privacy.atomic import atomic_path, atomic_write_text
+
+STATUS_FILE = "status.json"
+
+
+class RunDirectory:
+    """Writes one run's outputs under `path`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rounds: list[dict] = []
+
+    def start(self, config: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.set_status("running")
+        self.write_json("config.json", config)
+
+    def set_status(self, status: str, **details: object) -> None:
+        self.write_json(STATUS_FILE, {"status": status, "time": _now(), **details})
+
+    def write_json(self, name: str, data: object) -> None:
+        atomic_write_text(self.path / name, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def add_round(self, metrics: dict) -> None:
+        """Record one round's metrics and rewrite metrics.json / metrics.csv."""
+        self.rounds.append(metrics)
+        self.write_json("metrics.json", self.rounds)
+        columns = sorted({key for row in self.rounds for key in row}, key=_column_order)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rounds)
+        atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
+
+    def save_model(self, state_dict: dict[str, torch.Tensor], name: str = "model") -> None:
+        """The model as safetensors and as a weights-only torch file."""
+        tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+        with atomic_path(self.path / f"{name}.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        with atomic_path(self.path / f"{name}.pt") as tmp:
+            torch.save(tensors, tmp)
+
+
+def _column_order(key: str) -> tuple[int, str]:
+    return (0 if key == "round" else 1, key)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,1 @@
+"""Scenario files and the runner over Flower's simulation engine (Ray backend)."""

@@ -1,0 +1,1 @@
+"""What server and client share: offline datasets, partitioners and models."""

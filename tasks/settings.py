@@ -1,0 +1,140 @@
+"""Typed, validated run settings: the coordinator's choices, shared with every site.
+
+Flower hands the ServerApp a flat dict (`[tool.flwr.app.config]` fused with `-c` overrides);
+this module is the one place that names every key, gives its default and refuses bad values
+with one clear line, before any round starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from privacy.errors import FedVaultError
+from tasks.partition import PartitionSpec
+from tasks.registry import TaskSettings
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything the coordinator decides for one run (sites decide their own budgets)."""
+
+    task: TaskSettings = field(default_factory=TaskSettings)
+    partition: str = "iid"
+    num_rounds: int = 8
+    fraction_train: float = 1.0
+    min_sites: int = 2
+    local_epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    momentum: float = 0.0
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    server_learning_rate: float = 0.01
+    round_timeout: float = 600.0
+    out: str = "runs/latest"
+    dp: bool = False
+    noise_multiplier: float = 0.0
+    target_epsilon: float = 0.0
+    clip_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "prv"
+    secure_mode: bool = False
+    sites_root: str = ""
+
+    def __post_init__(self) -> None:
+        PartitionSpec.parse(self.partition)
+        for name in ("num_rounds", "min_sites", "local_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise FedVaultError(f"{_key(name)} must be a positive integer")
+        if not 0 < self.fraction_train <= 1:
+            raise FedVaultError("fraction-train must be in (0, 1]")
+        if not self.learning_rate > 0:
+            raise FedVaultError("learning-rate must be > 0")
+        if self.strategy not in STRATEGIES:
+            raise FedVaultError(
+                f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}"
+            )
+        if self.dp:
+            if self.noise_multiplier <= 0 and self.target_epsilon <= 0:
+                raise FedVaultError("with dp on, set noise-multiplier > 0 or target-epsilon > 0")
+            if self.clip_norm <= 0:
+                raise FedVaultError("clip-norm must be > 0")
+            if not 0 < self.delta < 1:
+                raise FedVaultError("delta must be in (0, 1)")
+
+    @property
+    def partition_spec(self) -> PartitionSpec:
+        return PartitionSpec.parse(self.partition)
+
+    @classmethod
+    def from_config(cls, config: dict) -> RunSettings:
+        """Build from a flat run config; unknown keys are an error (a typo must not pass)."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "task"}
+        task_config = {k: v for k, v in config.items() if k.startswith("task.")}
+        values = {}
+        for key, value in config.items():
+            if key.startswith("task."):
+                continue
+            name = key.replace("-", "_")
+            if name not in fields:
+                raise FedVaultError(f"unknown setting {key!r}")
+            values[name] = _coerce(key, value, fields[name].type)
+        task_fields = {f.name: f.type for f in dataclasses.fields(TaskSettings)}
+        task_values = {}
+        for key, value in task_config.items():
+            name = key[len("task.") :].replace("-", "_")
+            if name not in task_fields:
+                raise FedVaultError(f"unknown setting {key!r}")
+            task_values[name] = _coerce(key, value, task_fields[name])
+        if task_values.get("name") == "tabular" and task_values.get("schema"):
+            task_values["schema"] = _read_schema_text(task_values["schema"])
+        return cls(task=TaskSettings(**task_values), **values)
+
+    def to_config(self) -> dict[str, str | int | float | bool]:
+        """The flat form, as sent to sites and written to the run directory."""
+        flat = {
+            _key(f.name): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "task"
+        }
+        return {**self.task.to_config(), **flat}
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: object, annotation: str) -> object:
+    kind = annotation if isinstance(annotation, str) else annotation.__name__
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes", "on"):
+                return True
+            if str(value).lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise FedVaultError(f"setting {key!r}: expected {kind}, got {value!r}") from None
+
+
+def _read_schema_text(value: str) -> str:
+    """`task.schema` names a TOML file in user config; sites receive its text (not private)."""
+    if "\n" in value:
+        return value
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FedVaultError(f"cannot read schema {value}: {exc.strerror}") from None
