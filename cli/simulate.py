@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="any run setting, e.g. --set learning-rate=0.1 (repeatable)",
     )
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<time>)")
+    parser.add_argument(
+        "--sites",
+        metavar="DIR",
+        help="persistent state directory of the simulated sites (ledgers, keys); runs that "
+        "share it spend one privacy budget (default: <run directory>/sites)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{scenario.name}")
     rounds = int(scenario.run.get("num-rounds", 8))
     print(f"fedvault: simulating {scenario.num_sites} sites, scenario {scenario.name!r}, -> {out}")
-    final = simulate(scenario, out, print_progress(rounds))
+    sites = Path(args.sites) if args.sites else None
+    final = simulate(scenario, out, print_progress(rounds), sites)
     print(f"fedvault: done, test accuracy {final['test-accuracy']:.4f}; run directory {out}")
     return 0

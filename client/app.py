@@ -8,18 +8,21 @@ the site's events so the server can keep the run's ledger.
 
 from __future__ import annotations
 
+import functools
 import json
 
+import pandas as pd
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.budget import BudgetExhausted, SiteBudget
-from client.data import SiteData, load_site_data, site_table
+from client.data import SiteData, cached_schema, load_site_data, site_table
+from client.policy import apply_site_policy
 from client.site import Site, resolve_site
 from client.training import DpSgd, TrainResult, train
 from tasks.evaluation import evaluate
-from tasks.registry import build_model
+from tasks.registry import TaskSettings, build_model
 from tasks.settings import RunSettings
 
 app = ClientApp()
@@ -42,13 +45,18 @@ def prepare(msg: Message, context: Context) -> tuple[RunSettings, int, Site, Sit
     site = resolve_site(dict(context.node_config), settings.sites_root)
     table, anonymization = None, {}
     if settings.task.name == "tabular":
-        table = site_table(settings.task, site, settings.partition)
-        if site.policy_path:
-            from client.policy import apply_site_policy
-
-            table, anonymization = apply_site_policy(table, site)
+        table, anonymization = released_table(settings.task, site, settings.partition)
     data = load_site_data(settings.task, site, settings.partition, table)
     return settings, server_round, site, data, anonymization
+
+
+@functools.lru_cache(maxsize=8)
+def released_table(task: TaskSettings, site: Site, partition: str) -> tuple[pd.DataFrame, dict]:
+    """The site's rows after its policy: computed once per process, reused every round."""
+    table = site_table(task, site, partition)
+    if not site.policy_path:
+        return table, {}
+    return apply_site_policy(table, site, cached_schema(task.schema))
 
 
 def global_model(msg: Message, settings: RunSettings, data: SiteData) -> torch.nn.Module:
@@ -118,7 +126,7 @@ def update_reply(
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
-    settings, _, site, data, _ = prepare(msg, context)
+    settings, _, _, data, _ = prepare(msg, context)
     model = global_model(msg, settings, data)
     loss, accuracy = evaluate(model, data.x_val, data.y_val)
     metrics = MetricRecord(

@@ -12,14 +12,14 @@ import math
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, RecordDict
-from privacy.dp_ledger import dp_events, record_dp_event
-from privacy.ledger import Ledger, dataset_fingerprint
 
 from client.data import SiteData
 from client.site import Site
 from client.training import DpSgd, TrainResult
 from privacy.accounting import PrivacyEvent, compute_epsilon, solve_noise_multiplier
+from privacy.dp_ledger import dp_events, record_dp_event
 from privacy.errors import FedVaultError
+from privacy.ledger import Ledger, dataset_fingerprint
 from tasks.settings import RunSettings
 
 DEFAULT_MAX_EPSILON = 10.0

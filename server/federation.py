@@ -17,9 +17,9 @@ from logging import getLogger
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
+
 from privacy.errors import FedVaultError
 from privacy.ledger import Ledger
-
 from server.rundir import RunDirectory
 from server.strategies import make_strategy
 from tasks.evaluation import evaluate
@@ -80,7 +80,9 @@ def _rounds(
     arrays = ArrayRecord(model.state_dict())
     strategy = make_strategy(settings)
     train_config = ConfigRecord(settings.to_config())
-    metrics: dict = {}
+    loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
+    metrics: dict = {"round": 0, "test-loss": loss, "test-accuracy": accuracy}
+    rundir.add_round(metrics)
     for server_round in range(1, settings.num_rounds + 1):
         started = time.monotonic()
         replies = split_replies(
@@ -131,22 +133,19 @@ def _rounds(
 
 
 def _record_privacy(ledger: Ledger, server_round: int, replies: RoundReplies) -> None:
-    """Append each site's reported events and refusals to the run ledger."""
+    """Append each site's privacy summary, first anonymization report, and refusals."""
+    anonymized = {row.payload["site"] for row in ledger.rows("anonymization")}
     for reply in replies.ok:
         privacy = reply.content.get("privacy")
-        if privacy is None or "summary" not in privacy:
+        if privacy is None:
             continue
-        summary = json.loads(str(privacy["summary"]))
-        ledger.append("site_round", {**summary, "round": server_round})
-        if "anonymization" in privacy:
-            ledger.append(
-                "anonymization",
-                {
-                    "site": summary["site"],
-                    "round": server_round,
-                    **json.loads(str(privacy["anonymization"])),
-                },
-            )
+        site = str(privacy["site"])
+        if "summary" in privacy:
+            summary = json.loads(str(privacy["summary"]))
+            ledger.append("site_round", {**summary, "round": server_round})
+        if "anonymization" in privacy and site not in anonymized:
+            report = json.loads(str(privacy["anonymization"]))
+            ledger.append("anonymization", {"site": site, "round": server_round, **report})
     for refusal in replies.refusals:
         ledger.append("refusal", {**refusal, "round": server_round})
 

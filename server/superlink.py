@@ -50,6 +50,7 @@ DEFAULT_PORT = 9443
 DEFAULT_CONTROL_PORT = 9444
 LOOPBACK = "127.0.0.1"
 FLEET_LOCATION = r"^/v1/fleet/[a-z-]+$"
+READINESS_PROBE_PATH = "/v1/fleet/fedvault-readiness-probe"
 MAX_REQUEST_BODY = "64m"
 SERVER_RECORD = "server.toml"
 SITES_RECORD = "sites.toml"
@@ -230,19 +231,20 @@ def _probe_host(host: str) -> str:
 
 
 def proxy_ready(settings: ServerSettings) -> bool:
-    """A Fleet request through the proxy reaches the SuperLink (which rejects the empty body).
+    """A Fleet-shaped request through the proxy reaches the SuperLink.
 
-    415 (no protobuf content type) can only come from the SuperLink itself, so it proves
-    the whole chain: TLS at the proxy, the Fleet rule, TLS from the proxy to the SuperLink.
+    The path matches the proxy's Fleet rule but no Fleet method, so only the SuperLink
+    itself answers 404 (the proxy answers 403 or 502): this proves the whole chain, TLS at
+    the proxy, the Fleet rule, TLS from the proxy to the SuperLink, without an error log.
     """
     status = https_status(
         _probe_host(settings.host),
         settings.port,
         settings.certs.ca_cert,
         "POST",
-        "/v1/fleet/get-run",
+        READINESS_PROBE_PATH,
     )
-    return status == 415
+    return status == 404
 
 
 def write_server_record(settings: ServerSettings) -> Path:

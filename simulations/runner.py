@@ -35,13 +35,19 @@ OFFLINE_ENV = {
 }
 
 
-def prepare_run(scenario: Scenario, out: Path) -> RunSettings:
-    """Validate settings and data, create the run and site directories; return the settings."""
+def prepare_run(scenario: Scenario, out: Path, sites_root: Path | None = None) -> RunSettings:
+    """Validate settings and data, create the run and site directories; return the settings.
+
+    Site state (ledgers, keys) lives under `sites_root`, by default inside the run directory;
+    pointing several runs at one `sites_root` lets them spend one budget, as real sites do.
+    A site directory that already has a site.toml keeps it: the site's own file wins.
+    """
     if out.exists() and any(out.iterdir()):
         raise FedVaultError(f"output directory {out} exists and is not empty; choose another --out")
     if scenario.num_sites < 1:
         raise FedVaultError(f"number of sites must be positive, got {scenario.num_sites}")
-    config = {**scenario.run, "out": str(out), "sites-root": str(out / "sites")}
+    sites_root = (sites_root or out / "sites").resolve()
+    config = {**scenario.run, "out": str(out.resolve()), "sites-root": str(sites_root)}
     settings = RunSettings.from_config(config)
     if settings.min_sites > scenario.num_sites:
         raise FedVaultError(
@@ -50,18 +56,24 @@ def prepare_run(scenario: Scenario, out: Path) -> RunSettings:
     dataset = cached_dataset(settings.task)
     partition_rows(dataset, settings.partition_spec, scenario.num_sites, settings.task.seed)
     for index in range(scenario.num_sites):
-        site_dir = out / "sites" / f"site-{index}"
+        site_dir = sites_root / f"site-{index}"
         site_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(site_dir / "site.toml", _toml(scenario.site_settings(index)))
+        if not (site_dir / "site.toml").exists():
+            atomic_write_text(site_dir / "site.toml", _toml(scenario.site_settings(index)))
     return settings
 
 
-def simulate(scenario: Scenario, out: Path, progress: ProgressFn | None = None) -> dict:
+def simulate(
+    scenario: Scenario,
+    out: Path,
+    progress: ProgressFn | None = None,
+    sites_root: Path | None = None,
+) -> dict:
     """Run the scenario; return the final round's metrics. Ray is always shut down."""
     os.environ.update(OFFLINE_ENV)
     fresh = not out.exists()
     try:
-        settings = prepare_run(scenario, out)
+        settings = prepare_run(scenario, out, sites_root)
     except BaseException:
         if fresh:
             shutil.rmtree(out, ignore_errors=True)
@@ -130,8 +142,12 @@ def _shutdown_ray() -> None:
 def _toml(settings: dict) -> str:
     lines = []
     for key, value in settings.items():
-        literal = f'"{value}"' if isinstance(value, str) else repr(value).lower() if isinstance(
-            value, bool
-        ) else repr(value)
+        literal = (
+            f'"{value}"'
+            if isinstance(value, str)
+            else repr(value).lower()
+            if isinstance(value, bool)
+            else repr(value)
+        )
         lines.append(f"{key} = {literal}")
     return "\n".join(lines) + "\n"

@@ -1,18 +1,18 @@
 """Scenario files: a run's settings, the number of simulated sites and each site's budget.
 
-    [simulation]
-    num-sites = 10
+[simulation]
+num-sites = 10
 
-    [run]                      # FedVault run settings (see tasks/settings.py)
-    num-rounds = 8
-    task.name = "mnist1d"
+[run]                      # FedVault run settings (see tasks/settings.py)
+num-rounds = 8
+task.name = "mnist1d"
 
-    [sites]                    # what every simulated site decides for itself
-    max-epsilon = 8.0
-    delta = 1e-5
+[sites]                    # what every simulated site decides for itself
+max-epsilon = 8.0
+delta = 1e-5
 
-    [sites.site-3]             # one site with its own, smaller budget
-    max-epsilon = 1.0
+[sites.site-3]             # one site with its own, smaller budget
+max-epsilon = 1.0
 """
 
 from __future__ import annotations
@@ -45,8 +45,13 @@ class Scenario:
 def shipped_scenarios() -> list[str]:
     """Names of the scenarios shipped in simulations/scenarios/."""
     folder = resources.files("simulations") / "scenarios"
-    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml")
-                  and not p.name.endswith("-schema.toml") and not p.name.endswith("-policy.toml"))
+    return sorted(
+        p.name[: -len(".toml")]
+        for p in folder.iterdir()
+        if p.name.endswith(".toml")
+        and not p.name.endswith("-schema.toml")
+        and not p.name.endswith("-policy.toml")
+    )
 
 
 def load_scenario(name_or_path: str | None) -> Scenario:
@@ -80,6 +85,9 @@ def load_scenario(name_or_path: str | None) -> Scenario:
         raise FedVaultError(f"{path}: unknown [simulation] key(s) {', '.join(sorted(unknown))}")
     sites = dict(raw.get("sites", {}))
     overrides = {k: sites.pop(k) for k in list(sites) if isinstance(sites[k], dict)}
+    for settings in (sites, *overrides.values()):
+        if "policy-path" in settings and not Path(settings["policy-path"]).is_absolute():
+            settings["policy-path"] = str((path.parent / settings["policy-path"]).resolve())
     return Scenario(path.stem, run, int(simulation.get("num-sites", 10)), sites, overrides)
 
 

@@ -83,5 +83,5 @@ def load_digits(seed: int, test_fraction: float = 0.25) -> Dataset:
 def split_indices(num_rows: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic train/test split of row indices."""
     order = np.random.default_rng(seed).permutation(num_rows)
-    num_test = max(1, int(round(num_rows * test_fraction)))
+    num_test = max(1, round(num_rows * test_fraction))
     return np.sort(order[num_test:]), np.sort(order[:num_test])

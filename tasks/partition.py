@@ -90,9 +90,10 @@ def partition_by_column(values: np.ndarray, num_sites: int) -> list[np.ndarray]:
     """Natural partition: one site per distinct value of a column (e.g. hospital)."""
     distinct = sorted(set(values.tolist()), key=str)
     if len(distinct) != num_sites:
+        listed = ", ".join(map(str, distinct))
         raise FedVaultError(
-            f"column partition has {len(distinct)} distinct values ({', '.join(map(str, distinct))})"
-            f" but the run has {num_sites} sites; set the number of sites to {len(distinct)}"
+            f"column partition has {len(distinct)} distinct values ({listed}) but the run "
+            f"has {num_sites} sites; set the number of sites to {len(distinct)}"
         )
     return [np.flatnonzero(values == value) for value in distinct]
 

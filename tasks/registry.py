@@ -39,7 +39,10 @@ class TaskSettings:
         if not 0 < self.test_fraction < 1:
             raise FedVaultError("test-fraction must be between 0 and 1")
         if self.name == "tabular" and not (self.csv and self.schema):
-            raise FedVaultError("task 'tabular' needs a CSV file (csv) and a schema (schema)")
+            raise FedVaultError(
+                "task 'tabular' needs a CSV file (--csv; e.g. from `fedvault data synth clinic`) "
+                "and a schema (--schema)"
+            )
 
     def to_config(self) -> dict[str, str | int | float]:
         return {f"task.{key}": value for key, value in asdict(self).items()}

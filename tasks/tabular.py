@@ -112,7 +112,8 @@ class Schema:
         unknown = sorted(set(labels) - set(self.classes))
         if unknown:
             raise FedVaultError(
-                f"{origin}: label value(s) {', '.join(unknown[:5])} not in classes {list(self.classes)}"
+                f"{origin}: label value(s) {', '.join(unknown[:5])} "
+                f"not in classes {list(self.classes)}"
             )
         y = labels.map({c: i for i, c in enumerate(self.classes)}).to_numpy(np.int64)
         return np.concatenate(blocks, axis=1).astype(np.float32), y

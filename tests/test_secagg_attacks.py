@@ -147,8 +147,9 @@ def test_share_sealed_for_the_right_pair_but_addressed_elsewhere_is_rejected():
     key = crypto.agree(
         sender.enc_sk, rnd.clients[cid]._s.enc_pk, crypto.ENCRYPTION_PURPOSE, "r1", src, cid
     )
-    share = bytes(crypto.SHARE_BYTES)
-    forged = crypto.seal_shares(key, src, 999, share, share)
+    forged = crypto.seal_shares(
+        key, src, 999, bytes(crypto.SEED_SHARE_BYTES), bytes(crypto.KEY_SHARE_BYTES)
+    )
     cts = [forged, *request[m.CIPHERTEXTS][1:]]
     with refused("share addressed to client 999 was routed to client"):
         rnd.answer(cid, {**request, m.CIPHERTEXTS: cts})
@@ -306,7 +307,7 @@ def test_unmask_reply_with_unrequested_or_misindexed_shares_drops_sender():
     replies[greedy] = {
         **replies[greedy],
         m.KEY_SHARE_IDS: [owner],
-        m.KEY_SHARES: [replies[greedy][m.SELF_MASK_SHARES][0]],
+        m.KEY_SHARES: [rnd.clients[greedy]._s.key_shares[owner]],  # held, never to be sent
     }
     shares = list(replies[liar][m.SELF_MASK_SHARES])
     shares[0] = (99).to_bytes(4, "little") + shares[0][4:]

@@ -30,8 +30,12 @@ def test_encoding_is_identical_across_sites_whatever_their_rows():
     schema = Schema.from_toml(SCHEMA)
     site_a = pd.DataFrame({"name": ["x"], "age": ["50"], "color": ["blue"], "y": ["yes"]})
     site_b = pd.DataFrame(
-        {"name": ["p", "q", "r"], "age": ["10", "50", "90"], "color": ["red", "blue", "red"],
-         "y": ["no", "yes", "no"]}
+        {
+            "name": ["p", "q", "r"],
+            "age": ["10", "50", "90"],
+            "color": ["red", "blue", "red"],
+            "y": ["no", "yes", "no"],
+        }
     )
     xa, ya = schema.encode(site_a)
     xb, yb = schema.encode(site_b)
@@ -63,7 +67,10 @@ def test_bad_tables(frame, message):
         ("label = 3", "'label'"),
         ('label = "y"\nclasses = ["a"]', "at least two"),
         ('label = "y"\nclasses = ["a", "b"]', "no \\[features"),
-        ('label = "y"\nclasses = ["a","b"]\n[features.f]\ntype = "numeric"\nmin = 1\nmax = 1', "max > min"),
+        (
+            'label = "y"\nclasses = ["a","b"]\n[features.f]\ntype = "numeric"\nmin = 1\nmax = 1',
+            "max > min",
+        ),
         ('label = "y"\nclasses = ["a","b"]\n[features.f]\ntype = "text"', "unknown type"),
         ("label = ", "not valid TOML"),
         ('label = "y"\ncolour = 1', "unknown key"),

@@ -128,7 +128,6 @@ class ZipDimension(Dimension):
     """Zip codes in lexicographic order; a range prints as its common prefix, "021**"."""
 
     values: list[str]  # sorted atoms (possibly already masked, "021**")
-    cumulative: np.ndarray  # original distinct zips up to and including each atom
 
     def label(self, lo: int, hi: int) -> str:
         if lo == hi:
@@ -208,7 +207,8 @@ def infer_quasi_type(name: str, series: pd.Series) -> str:
 def range_midpoints(cells: pd.Series) -> pd.Series:
     """Numbers for generalized numeric cells, for models that need numbers.
 
-    "34" -> 34, "30-39" -> 34.5, "[20, 25)" -> 22.5, "90+" -> 90, "<18" -> 18, "*" -> NaN.
+    "34" -> 34, "30-39" -> 34.5, "[20, 25)" -> 22.5, "90+" -> 90, "<18" -> 18, "*" -> NaN,
+    and year ranges "[1980-1984]" -> 1982.
     Cells that are already numbers pass through.
     """
     if pd.api.types.is_numeric_dtype(cells):
@@ -221,6 +221,7 @@ def _midpoint(cell: str) -> float:
         (rf"^({_NUMBER})$", lambda a: a),
         (rf"^({_NUMBER})-({_NUMBER})$", lambda a, b: (a + b) / 2),
         (rf"^\[({_NUMBER}), ({_NUMBER})[\])]$", lambda a, b: (a + b) / 2),
+        (rf"^\[({_NUMBER})-({_NUMBER})\]$", lambda a, b: (a + b) / 2),
         (rf"^({_NUMBER})\+$", lambda a: a),
         (rf"^<=?({_NUMBER})$", lambda a: a),
     )
@@ -350,7 +351,6 @@ def _zip_dimension(rule: ColumnRule, series: pd.Series) -> ZipDimension:
         fixed=rule.fixed,
         recoding=f"zip to {rule.prefix}-digit prefix" if rule.prefix is not None else "none",
         values=[str(atom) for atom in atoms],
-        cumulative=np.cumsum(originals),
     )
 
 
@@ -365,7 +365,8 @@ def _category_dimension(rule: ColumnRule, series: pd.Series) -> CategoryDimensio
                 f"column {rule.name!r}: value {text.iloc[row]!r} at row {row + 1} is not in its "
                 "hierarchy"
             )
-        present = [value for value in order if value in set(text.unique())]
+        seen = set(text.unique())
+        present = [value for value in order if value in seen]
         position = {value: i for i, value in enumerate(present)}
         codes = text.map(position).to_numpy(np.int64)
         start, end, scale = _positions(np.ones(len(present)))

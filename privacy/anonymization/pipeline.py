@@ -45,49 +45,18 @@ def anonymize_table(
     """Anonymize `table` under `policy`; `key` is needed when the policy pseudonymizes."""
     _check_table(table, policy, key)
     rows = len(table)
-    dimensions = [
-        build_dimension(policy.columns[name], table[name]) for name in policy.names("quasi")
-    ]
-    sensitive = [
-        _sensitive_column(policy.columns[name], table[name]) for name in policy.names("sensitive")
-    ]
-    columns_report = _check_other_columns(table, policy)
+    rules = policy.columns
+    dimensions = [build_dimension(rules[name], table[name]) for name in policy.names("quasi")]
+    sensitive = [_sensitive_column(rules[name], table[name]) for name in policy.names("sensitive")]
+    columns = _check_other_columns(table, policy)
     partitioning = partition(dimensions, sensitive, policy.targets, rows)
 
     released = np.sort(np.concatenate(partitioning.groups))
-    group_of = np.empty(rows, dtype=np.int64)
-    for index, group in enumerate(partitioning.groups):
-        group_of[group] = index
-    group_of = group_of[released]
     output = table.iloc[released].reset_index(drop=True)
-    ncp_by_column = {}
-    for dim in dimensions:
-        cells, penalty = _generalize(dim, partitioning)
-        output[dim.name] = cells[group_of]
-        # A suppressed record loses everything: its penalty is 1.
-        total = penalty[group_of].sum() + len(partitioning.suppressed)
-        ncp_by_column[dim.name] = float(total / rows)
-        columns_report[dim.name] = {
-            "role": "quasi",
-            "type": dim.kind,
-            "transformation": _quasi_transformation(dim),
-            "distinct_before": int(table[dim.name].nunique()),
-            "distinct_after": int(output[dim.name].nunique()),
-        }
-    for name in policy.names("identifier"):
-        rule = policy.columns[name]
-        if rule.action == "drop":
-            output = output.drop(columns=name)
-            columns_report[name] = {"role": "identifier", "transformation": "dropped"}
-        else:
-            output[name] = pseudonymize_series(output[name], key or b"")
-            columns_report[name] = {
-                "role": "identifier",
-                "transformation": f"pseudonymized: HMAC-SHA256 under the site key, "
-                f"first {PSEUDONYM_HEX} hex digits",
-            }
+    ncp_by_column = _generalize_quasi(output, table, dimensions, partitioning, columns)
+    output = _release_identifiers(output, policy, key, columns)
     for column in sensitive:
-        columns_report[column.name] = {
+        columns[column.name] = {
             "role": "sensitive",
             "transformation": "kept; protected by the l and t targets",
             "distance": "ordered" if column.ordered else "equal",
@@ -97,34 +66,80 @@ def anonymize_table(
         SensitiveColumn(c.name, c.codes[released], c.size, c.ordered) for c in sensitive
     ]
     ids = class_ids(output, [dim.name for dim in dimensions])
-    metrics = privacy_metrics(
-        ids, released_sensitive, len(partitioning.suppressed), rows, policy.targets.k
-    )
+    suppressed = len(partitioning.suppressed)
+    metrics = privacy_metrics(ids, released_sensitive, suppressed, rows, policy.targets.k)
     _verify(metrics, policy.targets)
-    metrics["information_loss"]["normalized_certainty_penalty"] = (
-        float(np.mean(list(ncp_by_column.values()))) if ncp_by_column else 0.0
-    )
-    metrics["information_loss"]["ncp_by_column"] = ncp_by_column
+    information_loss = {
+        **metrics["information_loss"],
+        "normalized_certainty_penalty": float(np.mean(list(ncp_by_column.values())))
+        if ncp_by_column
+        else 0.0,
+        "ncp_by_column": ncp_by_column,
+    }
     report = {
         "policy": policy.source,
         "method": METHOD,
         "targets": _targets_report(policy.targets),
         "rows_in": rows,
         "rows_out": len(output),
-        "suppressed_records": len(partitioning.suppressed),
-        "suppressed_share": len(partitioning.suppressed) / rows,
-        "achieved": {
-            "k": metrics["k"],
-            "l_distinct": metrics["l_distinct"],
-            "l_entropy": metrics["l_entropy"],
-            "t": metrics["t"],
-        },
+        "suppressed_records": suppressed,
+        "suppressed_share": suppressed / rows,
+        "achieved": {name: metrics[name] for name in ("k", "l_distinct", "l_entropy", "t")},
         "equivalence_classes": metrics["equivalence_classes"],
         "risk": metrics["risk"],
-        "information_loss": metrics["information_loss"],
-        "columns": {name: columns_report[name] for name in table.columns},
+        "information_loss": information_loss,
+        "columns": {name: columns[name] for name in table.columns},
     }
     return AnonymizationResult(table=output, report=report)
+
+
+def _generalize_quasi(
+    output: pd.DataFrame,
+    table: pd.DataFrame,
+    dimensions: list[Dimension],
+    partitioning: Partitioning,
+    columns: dict[str, dict[str, Any]],
+) -> dict[str, float]:
+    """Write each released record's generalized cells; return the NCP of each column."""
+    rows = len(table)
+    group_of = np.empty(rows, dtype=np.int64)
+    for index, group in enumerate(partitioning.groups):
+        group_of[group] = index
+    group_of = group_of[np.sort(np.concatenate(partitioning.groups))]
+    ncp_by_column = {}
+    for dim in dimensions:
+        cells, penalty = _generalize(dim, partitioning)
+        output[dim.name] = cells[group_of]
+        # A suppressed record loses everything: its penalty is 1.
+        ncp_by_column[dim.name] = float(
+            (penalty[group_of].sum() + len(partitioning.suppressed)) / rows
+        )
+        columns[dim.name] = {
+            "role": "quasi",
+            "type": dim.kind,
+            "transformation": _quasi_transformation(dim),
+            "distinct_before": int(table[dim.name].nunique()),
+            "distinct_after": int(output[dim.name].nunique()),
+        }
+    return ncp_by_column
+
+
+def _release_identifiers(
+    output: pd.DataFrame, policy: Policy, key: bytes | None, columns: dict[str, dict[str, Any]]
+) -> pd.DataFrame:
+    """Drop or pseudonymize the direct identifiers."""
+    for name in policy.names("identifier"):
+        if policy.columns[name].action == "drop":
+            output = output.drop(columns=name)
+            columns[name] = {"role": "identifier", "transformation": "dropped"}
+        else:
+            output[name] = pseudonymize_series(output[name], key or b"")
+            columns[name] = {
+                "role": "identifier",
+                "transformation": "pseudonymized: HMAC-SHA256 under the site key, "
+                f"first {PSEUDONYM_HEX} hex digits",
+            }
+    return output
 
 
 def _check_table(table: pd.DataFrame, policy: Policy, key: bytes | None) -> None:

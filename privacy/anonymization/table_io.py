@@ -34,6 +34,8 @@ def read_table_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise FedVaultError(f"{source} is not valid UTF-8 (byte {exc.start})") from None
     if not text.strip():
         raise FedVaultError(f"{source} is empty")
+    if "\x00" in text:
+        raise FedVaultError(f"{source} is not valid CSV: it contains NUL bytes (a binary file?)")
     try:
         rows = [row for row in csv.reader(io.StringIO(text, newline=""), strict=True) if row]
     except csv.Error as exc:

@@ -95,17 +95,24 @@ class SecAggClient:
         return self._s.out_of_range
 
     def handle(
-        self, request: Mapping[str, Any], update: np.ndarray | None = None, weight: int = 1
+        self,
+        request: Mapping[str, Any],
+        update: np.ndarray | None = None,
+        weight: int | None = None,
     ) -> m.Message:
-        """Answer any request; `update` (flat float vector) and `weight` serve masked-input."""
+        """Answer any request; a masked-input request also needs `update` and `weight`.
+
+        `update` is the flat float vector to aggregate, `weight` its integer aggregation weight
+        (e.g. the number of training examples; 1 for an unweighted mean).
+        """
         stage = m.read_header(request).stage
         if stage == m.SETUP:
             return self.setup(request)
         if stage == m.SHARE_KEYS:
             return self.share_keys(request)
         if stage == m.MASKED_INPUT:
-            if update is None:
-                raise FedVaultError("a masked-input request needs the client's update")
+            if update is None or weight is None:
+                raise FedVaultError("a masked-input request needs the client's update and weight")
             return self.masked_input(request, update, weight)
         return self.unmask(request)
 
@@ -230,7 +237,10 @@ class SecAggClient:
                 raise SecAggProtocolError(
                     f"share addressed to client {dst} was routed to client {self.client_id}"
                 )
-            if len(seed_share) != crypto.SHARE_BYTES or len(key_share) != crypto.SHARE_BYTES:
+            if (len(seed_share), len(key_share)) != (
+                crypto.SEED_SHARE_BYTES,
+                crypto.KEY_SHARE_BYTES,
+            ):
                 raise SecAggProtocolError(f"share from client {src} has the wrong length")
             seed_shares[src], key_shares[src] = seed_share, key_share
 
@@ -245,7 +255,7 @@ class SecAggClient:
                 p.vector_length,
                 p.clipping_range,
             )
-        vector += crypto.prg(s.seed, len(vector), p.modulus_bits)
+        vector += crypto.self_mask(s.seed, len(vector), p.modulus_bits)
         for peer in srcs:
             key = self._pair_key(s, s.mask_sk, s.peer_mask_pks[peer], crypto.MASK_PURPOSE, peer)
             mask = crypto.prg(key, len(vector), p.modulus_bits)

@@ -35,8 +35,6 @@ def default_num_neighbours(num_clients: int) -> int:
     ceil(log2 n) keeps the degree even (the Harary ring construction stays regular) and gives
     8 neighbours at n = 10, 12 at 50, 14 at 100, 20 at 1000.
     """
-    if num_clients < 2:
-        return 1
     return min(num_clients - 1, 2 * math.ceil(math.log2(num_clients)))
 
 

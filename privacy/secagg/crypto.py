@@ -7,7 +7,8 @@
   HMAC-SHA256) over Flower's `share_keys_plaintext_concat` framing (source id, destination id,
   the two shares).
 - Secret sharing: Flower's `create_shares`/`combine_shares` (Shamir over GF(2**128)), used
-  directly by the client and server modules; `SHARE_BYTES` and `share_index` read its format.
+  directly by the client and server modules; `*_SHARE_BYTES` and `share_index` read its
+  format.
 - Mask expansion: an AES-256-CTR keystream (`cryptography`, AES-NI) read as uint64. It is a
   CSPRNG with a full 256-bit key, and the fastest option measured on 30k-element vectors
   (about 0.04 ms, vs. 0.09 ms for numpy's PCG64 and 0.19 ms for Flower's `pseudo_rand_gen`,
@@ -35,9 +36,19 @@ from flwr.common.secure_aggregation.secaggplus_utils import (
 from privacy.secagg.errors import SecAggProtocolError
 
 KEY_BYTES = 32
-SEED_BYTES = 32
-# Flower pads a secret to whole 16-byte blocks (always adding one) and prefixes a 4-byte index.
-SHARE_BYTES = 4 + 16 * (SEED_BYTES // 16 + 1)
+# Flower's Shamir pads a secret to whole 16-byte blocks, always adding at least one byte, and
+# its cost grows with the number of blocks: a 31-byte (248-bit) self-mask seed takes two blocks
+# where 32 bytes would take three, a third less work for the server's reconstructions.
+SEED_BYTES = 31
+
+
+def _share_bytes(secret_bytes: int) -> int:
+    """Length of a Flower Shamir share: a 4-byte holder index, then one 16-byte block each."""
+    return 4 + 16 * (secret_bytes // 16 + 1)
+
+
+SEED_SHARE_BYTES = _share_bytes(SEED_BYTES)
+KEY_SHARE_BYTES = _share_bytes(KEY_BYTES)
 MASK_PURPOSE = b"pairwise-mask"
 ENCRYPTION_PURPOSE = b"share-encryption"
 _LABEL = b"fedvault/secagg/v1/"
@@ -102,6 +113,11 @@ def prg(key: bytes, length: int, modulus_bits: int) -> np.ndarray:
     if modulus_bits < 64:
         return stream & np.uint64((1 << modulus_bits) - 1)
     return stream.copy()
+
+
+def self_mask(seed: bytes, length: int, modulus_bits: int) -> np.ndarray:
+    """The self mask PRG(b_u): the PRG keyed with SHA-256 of the (31-byte) seed."""
+    return prg(hashlib.sha256(_LABEL + b"self-mask" + seed).digest(), length, modulus_bits)
 
 
 def seal_shares(key: bytes, src: int, dst: int, seed_share: bytes, key_share: bytes) -> bytes:

@@ -210,12 +210,24 @@ class SecAggServer:
         r = m.Reader(reply, f"unmask reply from client {cid}")
         request = self._requests[cid]
         found: list[tuple[dict[int, list[bytes]], int, bytes]] = []
-        for ids_key, shares_key, asked_key, table in (
-            (m.SELF_MASK_SHARE_IDS, m.SELF_MASK_SHARES, m.SURVIVOR_IDS, self._seed_shares),
-            (m.KEY_SHARE_IDS, m.KEY_SHARES, m.DROPPED_IDS, self._key_shares),
+        for ids_key, shares_key, size, asked_key, table in (
+            (
+                m.SELF_MASK_SHARE_IDS,
+                m.SELF_MASK_SHARES,
+                crypto.SEED_SHARE_BYTES,
+                m.SURVIVOR_IDS,
+                self._seed_shares,
+            ),
+            (
+                m.KEY_SHARE_IDS,
+                m.KEY_SHARES,
+                crypto.KEY_SHARE_BYTES,
+                m.DROPPED_IDS,
+                self._key_shares,
+            ),
         ):
             owners = r.ids(ids_key)
-            shares = r.blobs(shares_key, crypto.SHARE_BYTES)
+            shares = r.blobs(shares_key, size)
             if len(owners) != len(shares) or set(owners) != set(request[asked_key]):
                 raise SecAggProtocolError(
                     f"unmask reply: '{ids_key}' does not match the clients asked for"
@@ -291,7 +303,7 @@ class SecAggServer:
                     f"reconstructed self-mask seed of client {owner} does not match its "
                     "commitment (a holder returned a corrupt share)"
                 )
-            total -= crypto.prg(seed, len(total), p.modulus_bits)
+            total -= crypto.self_mask(seed, len(total), p.modulus_bits)
         for owner in sorted(self._needed_keys()):
             secret = self._combine(self._key_shares[owner], owner, "masking key")
             if crypto.public_key_of(secret) != self._mask_pk[owner]:

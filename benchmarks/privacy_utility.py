@@ -1,0 +1,213 @@
+"""Privacy-utility table: test accuracy of DP-SGD FedAvg at per-site epsilon 1, 3 and 8.
+
+The question a site operator asks is what a budget costs in accuracy, so every row trains
+the same federation (mnist1d, 10 sites, IID or Dirichlet label skew) for the same rounds,
+with sigma solved so that each site's cumulative epsilon over the whole run (PRV, delta
+1e-5) is the target, and compares it with the non-private run. Sites train in-process, one
+after the other, with `client.training.train` (Opacus, Poisson sampling) and the server's
+weighted average, so the table takes minutes without Ray; epsilon is recomputed from the
+events that actually ran, under both accountants.
+
+    python -m benchmarks.privacy_utility                    # full table, about 15 minutes
+    python -m benchmarks.privacy_utility --quick            # IID, epsilon 3, 3 rounds
+    python -m benchmarks.privacy_utility --rounds 5 --sites 5 --out table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from client.budget import poisson_plan
+from client.data import VALIDATION_FRACTION
+from client.training import DpSgd, train
+from privacy.accounting import PrivacyEvent, compute_epsilon, solve_noise_multiplier
+from privacy.atomic import atomic_write_text
+from tasks.datasets import Dataset, load_mnist1d, split_indices
+from tasks.evaluation import evaluate
+from tasks.models import CNN1D
+from tasks.partition import partition_dirichlet, partition_iid
+
+DELTA = 1e-5
+ACCOUNTANT = "prv"
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """Local-training hyperparameters of one row."""
+
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    local_epochs: int
+    clip_norm: float = 1.0
+
+
+# Non-private rows keep the non-private defaults; DP rows use the values tuned for DP-SGD.
+NON_PRIVATE = Hyper(batch_size=32, learning_rate=0.05, momentum=0.9, local_epochs=2)
+DP_TUNED = Hyper(batch_size=256, learning_rate=2.0, momentum=0.0, local_epochs=2)
+CHANNELS = 32
+GRAD_SAMPLE_MODE = "ew"
+
+
+@dataclass(frozen=True)
+class Row:
+    partition: str
+    target: float | None
+    accuracy: float
+    epsilon_prv: float
+    epsilon_rdp: float
+    sigma: float
+    seconds: float
+
+
+def site_rows(data: Dataset, partition: str, num_sites: int, seed: int) -> list[np.ndarray]:
+    """Each site's training rows after its validation split, as the ClientApp takes them."""
+    if partition == "iid":
+        parts = partition_iid(len(data.y_train), num_sites, seed)
+    else:
+        alpha = float(partition.removeprefix("dirichlet-"))
+        parts = partition_dirichlet(data.y_train, num_sites, alpha, seed)
+    return [rows[split_indices(len(rows), VALIDATION_FRACTION, seed + 1)[0]] for rows in parts]
+
+
+def run_federation(
+    data: Dataset,
+    partition: str,
+    sites: list[np.ndarray],
+    rounds: int,
+    hyper: Hyper,
+    target: float | None,
+    seed: int,
+) -> Row:
+    """FedAvg for `rounds`; with a target, each site's sigma is solved for the whole run."""
+    plans = [poisson_plan(len(rows), hyper.batch_size, hyper.local_epochs) for rows in sites]
+    sigmas = [
+        solve_noise_multiplier(target, DELTA, q, steps * rounds, ACCOUNTANT) if target else 0.0
+        for q, steps in plans
+    ]
+    torch.manual_seed(seed)
+    global_model = CNN1D(channels=CHANNELS)
+    events: list[list[PrivacyEvent]] = [[] for _ in sites]
+    start = time.perf_counter()
+    for server_round in range(rounds):
+        states, weights = [], []
+        for site, rows in enumerate(sites):
+            model = CNN1D(channels=CHANNELS)
+            model.load_state_dict(global_model.state_dict())
+            dp = None
+            if target:
+                dp = DpSgd(sigmas[site], hyper.clip_norm, grad_sample_mode=GRAD_SAMPLE_MODE)
+            result = train(
+                model,
+                data.x_train[rows],
+                data.y_train[rows],
+                epochs=hyper.local_epochs,
+                batch_size=hyper.batch_size,
+                learning_rate=hyper.learning_rate,
+                momentum=hyper.momentum,
+                dp=dp,
+                seed=seed + 1000 * server_round + site,
+            )
+            if dp is not None:
+                events[site].append(
+                    PrivacyEvent(
+                        noise_multiplier=dp.noise_multiplier,
+                        sample_rate=result.sample_rate,
+                        steps=result.steps,
+                        clip_norm=dp.clip_norm,
+                    )
+                )
+            states.append(model.state_dict())
+            weights.append(result.num_examples)
+        share = np.asarray(weights, dtype=np.float64) / sum(weights)
+        global_model.load_state_dict(
+            {key: sum(w * state[key] for w, state in zip(share, states)) for key in states[0]}
+        )
+    seconds = time.perf_counter() - start
+    _, accuracy = evaluate(global_model, data.x_test, data.y_test)
+    eps_prv = max((compute_epsilon(e, DELTA, "prv") for e in events if e), default=0.0)
+    eps_rdp = max((compute_epsilon(e, DELTA, "rdp") for e in events if e), default=0.0)
+    return Row(partition, target, accuracy, eps_prv, eps_rdp, max(sigmas), seconds)
+
+
+def markdown(rows: list[Row], rounds: int, num_sites: int) -> str:
+    """The table as docs/dp-benchmarks.md shows it."""
+    lines = [
+        f"mnist1d, {num_sites} sites, {rounds} rounds, delta {DELTA:g}, per-site epsilon over "
+        f"the whole run (add/remove adjacency, Poisson sampling); torch "
+        f"{torch.__version__}, {torch.get_num_threads()} thread(s)",
+        "",
+        "| partition | target epsilon | test accuracy | epsilon PRV | epsilon RDP | sigma "
+        "| seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        private = row.target is not None
+        lines.append(
+            f"| {row.partition} | {row.target:g} | {row.accuracy:.1%} | {row.epsilon_prv:.2f} "
+            f"| {row.epsilon_rdp:.2f} | {row.sigma:.3f} | {row.seconds:.0f} |"
+            if private
+            else f"| {row.partition} | non-private | {row.accuracy:.1%} | - | - | - "
+            f"| {row.seconds:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Test accuracy of DP-SGD FedAvg on mnist1d at per-site epsilon 1, 3, 8."
+    )
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"default {ROUNDS}")
+    parser.add_argument("--sites", type=int, default=10, help="default 10")
+    parser.add_argument(
+        "--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0], help="default 1 3 8"
+    )
+    parser.add_argument(
+        "--partitions", nargs="+", default=["iid", "dirichlet-0.5"], help="iid, dirichlet-ALPHA"
+    )
+    parser.add_argument("--num-train", type=int, default=NUM_TRAIN, help=f"default {NUM_TRAIN}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quick", action="store_true", help="IID, epsilon 3 and non-private, 3 rounds"
+    )
+    parser.add_argument("--out", help="also write the table to this markdown file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.epsilons, args.partitions = 3, [3.0], ["iid"]
+    for name in ("rounds", "sites", "num_train"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if any(eps <= 0 for eps in args.epsilons):
+        parser.error("--epsilons must be > 0")
+    torch.set_num_threads(1)
+
+    data = load_mnist1d(args.num_train, NUM_TEST, args.seed)
+    rows = []
+    for partition in args.partitions:
+        if partition != "iid" and not partition.startswith("dirichlet-"):
+            parser.error(f"unknown partition {partition!r}: use iid or dirichlet-ALPHA")
+        sites = site_rows(data, partition, args.sites, args.seed)
+        for target in (None, *args.epsilons):
+            hyper = DP_TUNED if target else NON_PRIVATE
+            row = run_federation(data, partition, sites, args.rounds, hyper, target, args.seed)
+            print(
+                f"{partition} eps={target}: acc {row.accuracy:.4f} prv {row.epsilon_prv:.3f} "
+                f"rdp {row.epsilon_rdp:.3f} sigma {row.sigma:.3f} {row.seconds:.0f}s",
+                flush=True,
+            )
+            rows.append(row)
+    table = markdown(rows, args.rounds, args.sites)
+    print("\n" + table)
+    if args.out:
+        atomic_write_text(args.out, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,377 @@
+"""`fedvault server/register/client/run` with real Flower processes on loopback.
+
+One server (SuperLink with TLS + node authentication, behind the Fleet-only nginx proxy when
+nginx is installed) serves the module; a throwaway Flower app stands in for the FedVault
+app where a run is submitted. Each check names the behaviour a deployment relies on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from cli.processes import alive, descendants
+from cli.run import run_overrides
+from client.supernode import node_config, resolve_site_settings, write_site_settings
+from privacy.certs import check_server_certificates, init_certificates, new_node_key_pair
+from privacy.errors import FedVaultError
+from server.superlink import ServerSettings, https_status, nginx_config
+
+REPO = Path(__file__).resolve().parent.parent
+FEDVAULT = [sys.executable, "-m", "cli.main"]
+HAS_FLOWER = shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) is not None
+HAS_NGINX = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+needs_flower = pytest.mark.skipif(not HAS_FLOWER, reason="flower-superlink (flwr 1.42) not found")
+needs_nginx = pytest.mark.skipif(
+    not HAS_NGINX, reason="nginx not installed (Debian: apt-get install nginx)"
+)
+START_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A `fedvault` command in the background, its output collected line by line."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [*FEDVAULT, *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = START_TIMEOUT_S, also: Process | None = None):
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                context = f"\nalongside:\n{also.output[-4000:]}" if also else ""
+                raise AssertionError(f"no {text!r}; output:\n{self.output[-4000:]}{context}")
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM; the exit status. Asserts every process it had started is gone."""
+        tree = descendants(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=5)
+        left = [pid for pid, start in tree if alive(pid, start)]
+        assert not left, f"processes left running: {left}"
+        return code
+
+
+def in_process(*args: str) -> tuple[int, str]:
+    """Run `fedvault ARGS` in this process (for failures caught before any process starts)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, err.getvalue()
+
+
+def fedvault(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*FEDVAULT, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pki")
+    init_certificates(root / "certs", "localhost")
+    new_node_key_pair(root / "site1.key")
+    new_node_key_pair(root / "site2.key")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    if not HAS_FLOWER:
+        pytest.skip("flower-superlink (flwr 1.42) not found")
+    state = tmp_path_factory.mktemp("server")
+    port, control = free_port(), free_port()
+    args = ["server", "--certs", str(pki / "certs"), "--state-dir", str(state)]
+    args += ["--port", str(port), "--control-port", str(control)]
+    process = Process([*args] if HAS_NGINX else [*args, "--no-proxy"])
+    process.wait_for("server ready")
+    fleet = f"127.0.0.1:{port}" if HAS_NGINX else f"127.0.0.1:{control}"
+    yield {"state": state, "fleet": fleet, "port": port, "control": control, "process": process}
+    assert process.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A minimal Flower app whose ServerApp fails when its run config says so."""
+    app = tmp_path_factory.mktemp("tinyapp")
+    (app / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        '[project]\nname = "tinyapp"\nversion = "1.0.0"\ndescription = "t"\n'
+        'license = "Apache-2.0"\ndependencies = []\n'
+        '[tool.flwr.app]\npublisher = "fedvaulttest"\n'
+        '[tool.flwr.app.components]\nserverapp = "tinyapp.server:app"\n'
+        'clientapp = "tinyapp.client:app"\n'
+        '[tool.flwr.app.config]\nfail = false\nresume-run-id = ""\n'
+    )
+    package = app / "tinyapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "server.py").write_text(
+        "from flwr.serverapp import ServerApp\napp = ServerApp()\n"
+        "@app.main()\ndef main(grid, context):\n"
+        "    print('tiny run config', dict(context.run_config))\n"
+        "    if context.run_config['fail']:\n        raise RuntimeError('asked to fail')\n"
+    )
+    (package / "client.py").write_text("from flwr.clientapp import ClientApp\napp = ClientApp()\n")
+    return app
+
+
+def test_registered_site_connects_and_stops_cleanly(server, pki, tmp_path):
+    register = ("register", str(pki / "site1.key.pub"), "--name", "site1")
+    state = ("--state-dir", str(server["state"]))
+    assert in_process(*register, *state) == (0, "")
+    sites = tomllib.loads((server["state"] / "sites.toml").read_text())["sites"]
+    fingerprint = sites["site1"]["fingerprint"]
+    assert fingerprint.startswith("SHA256:") and int(sites["site1"]["node-id"]) > 0
+    code, err = in_process(*register, *state)
+    assert (
+        code == 2
+        and err == f"fedvault: error: site 'site1' is already registered (key {fingerprint})\n"
+    )
+
+    site_dir = tmp_path / "site1"
+    client = Process(
+        [
+            "client", "--state-dir", str(site_dir), "--server", server["fleet"],
+            "--ca", str(pki / "certs" / "ca.crt"), "--key", str(pki / "site1.key"),
+            "--max-epsilon", "3.5", "--delta", "1e-5", "--port", str(free_port()),
+        ]
+    )  # fmt: skip
+    client.wait_for("site connected", also=server["process"])
+    assert fingerprint in client.output
+    config = tomllib.loads((site_dir / "node-config.toml").read_text())
+    assert config == {"state-dir": str(site_dir.resolve()), "max-epsilon": 3.5, "delta": 1e-5}
+    assert client.stop() == 0
+    assert "site stopped" in client.output
+
+
+def test_unregistered_site_is_rejected(server, pki, tmp_path):
+    done = fedvault(
+        "client", "--state-dir", str(tmp_path / "site2"), "--server", server["fleet"],
+        "--ca", str(pki / "certs" / "ca.crt"), "--key", str(pki / "site2.key"),
+        "--port", str(free_port()), "--connect-timeout", "120",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "rejected this site's key" in done.stderr
+    assert done.stderr.count("fedvault: error:") == 1
+
+
+def test_site_without_tls_is_rejected(server, tmp_path):
+    log = tmp_path / "supernode.log"
+    with log.open("w") as out:
+        node = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "flower-supernode"), "--insecure",
+                "--superlink", server["fleet"], "--port", str(free_port()),
+                "--max-retries", "1", "--max-wait-time", "20",
+            ],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "FLWR_HOME": str(tmp_path)},
+        )  # fmt: skip
+        tree = descendants(node.pid)
+        code = node.wait(timeout=120)
+    for pid, start in tree:
+        if alive(pid, start):
+            os.kill(pid, signal.SIGKILL)
+    assert code != 0
+    assert "SuperNode ID" not in log.read_text()
+
+
+@needs_nginx
+def test_exposed_address_serves_fleet_only(server, pki):
+    ca = pki / "certs" / "ca.crt"
+    port = server["port"]
+    for path in (
+        "/v1/control/start-run",
+        "/v1/control/register-node",
+        "/v1/runtime/pull-task-input",
+        "/health",
+        "/docs",
+        "/v1/fleet/..%2fcontrol/start-run",
+        "/v1/fleet/%2e%2e/control/start-run",
+        "/v1/fleet/get-run/../../control/start-run",
+    ):
+        assert https_status("127.0.0.1", port, ca, "POST", path) == 403, path
+    assert https_status("127.0.0.1", port, ca, "GET", "/v1/fleet/get-run") == 403
+    assert https_status("127.0.0.1", port, ca, "POST", "/v1/fleet/get-run") == 415
+    assert https_status("127.0.0.1", server["control"], ca, "POST", "/v1/control/start-run") == 415
+
+
+@needs_nginx
+def test_exposed_address_refuses_run_submission(server, pki, tiny_app):
+    done = fedvault(
+        "run", "--server", server["fleet"], "--ca", str(pki / "certs" / "ca.crt"),
+        "--app", str(tiny_app),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "403 Forbidden" in done.stderr and "does not serve the Control API" in done.stderr
+    assert "started run" not in done.stdout
+
+
+def test_loopback_control_address_runs_and_reports_failure(server, tiny_app, tmp_path):
+    ok = fedvault("run", "--state-dir", str(server["state"]), "--app", str(tiny_app))
+    assert ok.returncode == 0, ok.stderr
+    assert "finished:completed" in ok.stdout
+    scenario = tmp_path / "fail.toml"
+    scenario.write_text("[run]\nfail = true\n")
+    failed = fedvault(
+        "run", str(scenario), "--state-dir", str(server["state"]), "--app", str(tiny_app)
+    )
+    assert failed.returncode == 1
+    assert "finished:failed" in failed.stderr and "asked to fail" in failed.stderr
+
+
+def test_second_server_on_a_used_port_is_a_one_line_error(server, pki, tmp_path):
+    code, err = in_process(
+        "server", "--certs", str(pki / "certs"), "--state-dir", str(tmp_path / "s"),
+        "--port", str(free_port()), "--control-port", str(server["control"]),
+    )  # fmt: skip
+    assert code == 2
+    assert err.startswith("fedvault: error: cannot listen on 127.0.0.1:") and err.count("\n") == 1
+
+
+@needs_flower
+def test_server_sigterm_stops_every_process(pki, tmp_path):
+    args = ["server", "--certs", str(pki / "certs"), "--state-dir", str(tmp_path / "state")]
+    args += ["--port", str(free_port()), "--control-port", str(free_port())]
+    process = Process(args if HAS_NGINX else [*args, "--no-proxy"])
+    process.wait_for("server ready")
+    commands = [
+        Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        for pid, _ in descendants(process.proc.pid)
+    ]
+    assert any("flower-superlink" in c for c in commands)
+    assert any("flower-superexec" in c for c in commands)
+    assert any(c.startswith("nginx") for c in commands) == bool(HAS_NGINX)
+    assert process.stop() == 0
+    assert "server stopped" in process.output
+
+
+def test_server_start_errors_name_the_problem(pki, tmp_path):
+    code, err = in_process("server", "--certs", str(tmp_path / "no"), "--state-dir", str(tmp_path))
+    assert code == 2 and "certificate directory not found" in err
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "ca.crt").write_bytes((pki / "certs" / "ca.crt").read_bytes())
+    code, err = in_process("server", "--certs", str(partial), "--state-dir", str(tmp_path / "s"))
+    assert code == 2 and "server certificate not found" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_proxy_config_forwards_only_fleet_posts(pki, tmp_path):
+    certs = check_server_certificates(pki / "certs")
+    settings = ServerSettings(certs, tmp_path / "s", "0.0.0.0", 9443, 9444)
+    config = nginx_config(settings)
+    assert "listen 0.0.0.0:9443 ssl;" in config
+    assert "server 127.0.0.1:9444;" in config
+    assert "location ~ ^/v1/fleet/[a-z-]+$" in config
+    assert "limit_except POST { deny all; }" in config
+    assert "proxy_ssl_verify on;" in config
+    assert "location / {\n            return 403;" in config
+    assert config.count("proxy_pass") == 1
+
+
+def test_site_settings_persist_and_command_line_wins(pki, tmp_path):
+    state = tmp_path / "site"
+    state.mkdir()
+    first = resolve_site_settings(
+        state, server="fl.example.org:9443", ca=str(pki / "certs" / "ca.crt"),
+        key=str(pki / "site1.key"), max_epsilon=2.0, delta=1e-6,
+    )  # fmt: skip
+    write_site_settings(state, first)
+    assert stat.S_IMODE((state / "site.toml").stat().st_mode) == 0o600
+    assert tomllib.loads((state / "site.toml").read_text()) == {"max-epsilon": 2.0, "delta": 1e-6}
+    again = resolve_site_settings(state, max_epsilon=1.0)
+    assert again.server == "fl.example.org:9443" and again.max_epsilon == 1.0
+    assert again.delta == 1e-6 and again.key == str((pki / "site1.key").resolve())
+    assert node_config(state, again) == {
+        "state-dir": str(state),
+        "max-epsilon": 1.0,
+        "delta": 1e-6,
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"server": None}, "missing --server"),
+        ({"server": "no-port"}, "HOST:PORT"),
+        ({"ca": "missing.crt"}, "CA certificate not found"),
+        ({"max_epsilon": -1.0}, "--max-epsilon must be a positive number"),
+        ({"delta": 1.5}, "--delta must be between 0 and 1"),
+        ({"data_path": "missing.csv"}, "data file not found"),
+    ],
+)
+def test_bad_site_settings_are_named(pki, tmp_path, change, message):
+    given = {
+        "server": "fl.example.org:9443",
+        "ca": str(pki / "certs" / "ca.crt"),
+        "key": str(pki / "site1.key"),
+        **change,
+    }
+    with pytest.raises(FedVaultError, match=message):
+        resolve_site_settings(tmp_path, **given)
+
+
+def test_node_key_readable_by_others_is_refused(pki, tmp_path):
+    key = tmp_path / "open.key"
+    key.write_bytes((pki / "site1.key").read_bytes())
+    key.chmod(0o644)
+    code, err = in_process(
+        "client", "--state-dir", str(tmp_path / "s"), "--server", "127.0.0.1:1",
+        "--ca", str(pki / "certs" / "ca.crt"), "--key", str(key),
+    )  # fmt: skip
+    assert code == 2 and "accessible by other users (mode 0644)" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_run_overrides_check_keys_against_the_app(tiny_app, tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text("[simulation]\nnum-sites = 3\n[run]\nfail = true\n")
+    assert run_overrides(tiny_app, str(scenario), "123") == {"fail": True, "resume-run-id": "123"}
+    scenario.write_text("[run]\nbogus = 1\n")
+    with pytest.raises(FedVaultError, match="'bogus' is not declared"):
+        run_overrides(tiny_app, str(scenario), None)
+    with pytest.raises(FedVaultError, match="--resume needs a run id"):
+        run_overrides(tiny_app, None, "last")

@@ -1,0 +1,174 @@
+"""End-to-end simulations on Flower's real simulation engine (Ray), kept small."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from client.budget import poisson_plan
+from privacy.accounting import PrivacyEvent, compute_epsilon
+from privacy.errors import FedVaultError
+from simulations.runner import simulate
+from simulations.scenario import Scenario, load_scenario
+
+SMALL = {
+    "task.name": "mnist1d",
+    "task.num-train": 3000,
+    "task.num-test": 600,
+    "local-epochs": 2,
+    "batch-size": 32,
+    "learning-rate": 0.05,
+    "momentum": 0.9,
+}
+
+
+def live_children() -> list[str]:
+    """Processes this test process started that are still running (Ray's included)."""
+    children = psutil.Process().children(recursive=True)
+    return [
+        " ".join(c.cmdline()[:2])
+        for c in children
+        if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+def metrics(run_dir) -> list[dict]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_three_sites_two_rounds_learn_and_write_a_complete_run_directory(tmp_path):
+    out = tmp_path / "run"
+    scenario = Scenario("small", run={**SMALL, "num-rounds": 2}, num_sites=3)
+    seen = []
+    final = simulate(scenario, out, progress=seen.append)
+    rounds = metrics(out)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["round"] for r in seen] == [1, 2]
+    assert rounds[2]["test-accuracy"] > rounds[0]["test-accuracy"] + 0.2
+    assert final["sites-trained"] == 3 and final["client-eval-accuracy"] > 0.3
+    assert json.loads((out / "status.json").read_text())["status"] == "completed"
+    assert json.loads((out / "config.json").read_text())["num-rounds"] == 2
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("round,")
+    weights = torch.load(out / "model.pt", weights_only=True)
+    assert set(weights) == set(load_file(out / "model.safetensors"))
+    assert not live_children()
+
+
+def test_bad_run_leaves_no_directory_that_looks_complete(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FedVaultError, match="only 5 training records|sites"):
+        simulate(Scenario("bad", run={**SMALL, "task.num-train": 5}, num_sites=6), out)
+    assert not out.exists()
+
+
+def site_epsilons(run_dir) -> dict[str, float]:
+    with sqlite3.connect(run_dir / "run-ledger.sqlite") as db:
+        rows = db.execute("SELECT payload FROM rows WHERE kind = 'site_round'").fetchall()
+    latest: dict[str, float] = {}
+    for (payload,) in rows:
+        row = json.loads(payload)
+        latest[row["site"]] = row["epsilon"]
+    return latest
+
+
+DP = {**SMALL, "dp": True, "noise-multiplier": 1.0, "clip-norm": 1.0, "batch-size": 64}
+
+
+def test_epsilon_accumulates_across_runs_like_one_longer_run(tmp_path):
+    shared_sites = tmp_path / "sites"
+    for name in ("first", "second"):
+        simulate(
+            Scenario(name, run={**DP, "num-rounds": 2}, num_sites=2),
+            tmp_path / name,
+            sites_root=shared_sites,
+        )
+    simulate(Scenario("long", run={**DP, "num-rounds": 4}, num_sites=2), tmp_path / "long")
+    two_runs = site_epsilons(tmp_path / "second")
+    one_run = site_epsilons(tmp_path / "long")
+    assert set(two_runs) == {"site-0", "site-1"}
+    for site, epsilon in one_run.items():
+        assert two_runs[site] == pytest.approx(epsilon, rel=1e-9)
+    assert site_epsilons(tmp_path / "first")["site-0"] < one_run["site-0"]
+
+
+def test_site_with_small_budget_declines_and_the_run_finishes(tmp_path):
+    out = tmp_path / "run"
+    # 3000 records over 3 sites, 10% kept for validation: 900 training rows per site.
+    q, steps = poisson_plan(900, DP["batch-size"], DP["local-epochs"])
+    one_round = PrivacyEvent(noise_multiplier=1.0, sample_rate=q, steps=steps, clip_norm=1.0)
+    limit = round(compute_epsilon([one_round] * 2, 1e-5) + 0.05, 3)
+    scenario = Scenario(
+        "budget",
+        run={**DP, "num-rounds": 4},
+        num_sites=3,
+        sites={"max-epsilon": 50.0, "delta": 1e-5},
+        site_overrides={"site-1": {"max-epsilon": limit}},
+    )
+    simulate(scenario, out)
+    rounds = metrics(out)[1:]
+    assert all(r["sites-trained"] >= 2 for r in rounds)
+    assert sum(r["sites-refused"] for r in rounds) >= 1
+    epsilons = site_epsilons(out)
+    assert epsilons["site-1"] <= limit
+    assert epsilons["site-0"] > limit
+    with sqlite3.connect(out / "run-ledger.sqlite") as db:
+        refusals = [
+            json.loads(p) for (p,) in db.execute("SELECT payload FROM rows WHERE kind = 'refusal'")
+        ]
+    assert refusals and all(r["site"] == "site-1" for r in refusals)
+    assert len(refusals) == 2
+    assert all(r["epsilon-after-round"] > limit for r in refusals)
+    assert json.loads((out / "status.json").read_text())["status"] == "completed"
+
+
+def test_cli_digits_with_dirichlet_partition_runs_end_to_end(tmp_path, capsys):
+    from cli.main import main
+
+    out = tmp_path / "digits"
+    code = main(
+        [
+            "simulate",
+            "digits",
+            "--clients",
+            "3",
+            "--rounds",
+            "2",
+            "--partition",
+            "dirichlet:0.3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "round   2/2" in printed and "test-acc" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["partition"] == "dirichlet:0.3" and config["task.name"] == "digits"
+    assert metrics(out)[-1]["test-accuracy"] > 0.5
+
+
+def test_tabular_clinic_with_site_anonymization_learns(tmp_path):
+    from tasks.clinic import write_clinic_csv
+
+    csv = tmp_path / "clinic.csv"
+    table = write_clinic_csv(4000, 3, csv)
+    majority = table["readmitted"].astype(int).mean()
+    majority = max(majority, 1 - majority)
+    scenario = load_scenario("clinic")
+    scenario.run.update({"task.csv": str(csv), "num-rounds": 3})
+    out = tmp_path / "run"
+    simulate(scenario, out)
+    assert metrics(out)[-1]["test-accuracy"] > majority + 0.1
+    with sqlite3.connect(out / "run-ledger.sqlite") as db:
+        reports = [
+            json.loads(p)
+            for (p,) in db.execute("SELECT payload FROM rows WHERE kind = 'anonymization'")
+        ]
+    assert sorted(r["site"] for r in reports) == [f"site-{i}" for i in range(5)]
+    assert all(r["achieved"]["k"] >= 5 for r in reports)
+    assert all((out / "sites" / f"site-{i}" / "pseudonym.key").exists() for i in range(5))
