@@ -10,7 +10,7 @@ A mode is only worth making the default if it computes the same thing, so the sc
 checks every mode against an explicit per-example loop: per-sample gradient norms and the
 clipped, averaged gradient of one noiseless step must agree.
 
-    python -m benchmarks.dp_overhead                 # batch 32 and 256, 5 repetitions
+    python -m benchmarks.dp_overhead                 # batch 32 and 512, 7 repetitions
     python -m benchmarks.dp_overhead --batch-sizes 64 --repeats 3 --channels 16
 """
 
@@ -95,7 +95,7 @@ def time_epoch(
 
 def reference_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple:
     """Per-sample gradient norms and the clipped mean gradient, one example at a time."""
-    norms, clipped = [], None
+    norms, clipped = [], [torch.zeros_like(p) for p in model.parameters()]
     for i in range(len(x)):
         model.zero_grad()
         nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
@@ -104,7 +104,7 @@ def reference_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple:
         norms.append(norm)
         scale = min(1.0, CLIP_NORM / (norm.item() + 1e-6))
         scaled = [g * scale for g in grads]
-        clipped = scaled if clipped is None else [c + s for c, s in zip(clipped, scaled)]
+        clipped = [c + s for c, s in zip(clipped, scaled, strict=True)]
     return torch.stack(norms), [c / len(x) for c in clipped]
 
 
@@ -128,16 +128,16 @@ def check_mode(channels: int, x: torch.Tensor, y: torch.Tensor, mode: str) -> tu
         per_param = [p.grad_sample.flatten(1).norm(dim=1) for p in model.parameters()]
         norms = torch.stack(per_param, dim=1).norm(dim=1)
     optimizer.step()
-    step = [b - p.detach() for b, p in zip(before, model.parameters())]
+    step = [b - p.detach() for b, p in zip(before, model.parameters(), strict=True)]
     norm_err = ((norms - ref_norms).abs() / ref_norms).max().item()
-    grad_err = max(((s - r).norm() / r.norm()).item() for s, r in zip(step, ref_grad))
+    grad_err = max(((s - r).norm() / r.norm()).item() for s, r in zip(step, ref_grad, strict=True))
     return norm_err, grad_err
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 512])
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repetitions")
     parser.add_argument("--channels", type=int, default=32, help="CNN1D channel count")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for batch_size in args.batch_sizes:
         times: dict[str | None, list[float]] = {m: [] for m in (None, *args.modes)}
+        for mode in times:  # warm-up: first calls pay for imports and allocator growth
+            time_epoch(args.channels, x, y, batch_size, mode)
         for _ in range(args.repeats):
             for mode in times:
                 times[mode].append(time_epoch(args.channels, x, y, batch_size, mode))

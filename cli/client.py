@@ -132,6 +132,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=CONNECT_TIMEOUT_S,
         metavar="SECONDS",
-        help="give up if not connected within this time (default: %(default)s)",
+        help="give up if not connected within this time; 0 waits forever (default: %(default)s)",
     )
     parser.set_defaults(func=_client)

@@ -212,7 +212,10 @@ class Supervisor:
         what: str,
         on_exit: Callable[[Child], FedVaultError] | None = None,
     ) -> None:
-        """Poll `ready()` until true; a FedVaultError if `child` exits or time runs out."""
+        """Poll `ready()` until true; a FedVaultError if `child` exits or time runs out.
+
+        A `timeout` of 0 or less waits without limit.
+        """
         deadline = time.monotonic() + timeout
         while not ready():
             code = child.exited()
@@ -224,7 +227,7 @@ class Supervisor:
                 raise FedVaultError(
                     f"{child.name} exited with status {code} before {what}: {child.last_lines()}"
                 )
-            if time.monotonic() > deadline:
+            if timeout > 0 and time.monotonic() > deadline:
                 raise FedVaultError(f"{child.name}: no {what} after {timeout:.0f} s")
             time.sleep(0.2)
 

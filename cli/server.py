@@ -1,4 +1,4 @@
-"""`fedvault server` (the coordinator's SuperLink + Fleet-only proxy) and `fedvault register`.
+"""`fedvault server` (the SuperLink behind a Fleet-only proxy), `register` and `unregister`.
 
 `server` runs in the foreground like a service: it streams the logs of what it started,
 and on Ctrl-C or SIGTERM stops all of it (see cli/processes.py).
@@ -21,6 +21,7 @@ from server.superlink import (
     register_site,
     superlink_command,
     superlink_ready,
+    unregister_site,
     write_server_record,
 )
 
@@ -49,7 +50,7 @@ def _server(args: argparse.Namespace) -> int:
             )
         record = write_server_record(settings)
         print(
-            f"fedvault: server ready. Sites connect to {settings.fleet_address}; "
+            f"fedvault: server ready, listening for sites on {settings.fleet_address}; "
             f"runs and registrations use {settings.control_address} on this machine "
             f"(recorded in {record}). Stop with Ctrl-C.",
             flush=True,
@@ -78,6 +79,29 @@ def _register(args: argparse.Namespace) -> int:
     )
     print(f"registered site {site.name!r}: node {site.node_id}, key {site.fingerprint}")
     return 0
+
+
+def _unregister(args: argparse.Namespace) -> int:
+    site = unregister_site(
+        args.name, args.state_dir, executable("flwr"), flower_env(), server=args.server, ca=args.ca
+    )
+    print(f"unregistered site {site.name!r}: key {site.fingerprint} can no longer connect")
+    return 0
+
+
+def _control_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        required=True,
+        metavar="DIR",
+        help="the server's --state-dir (holds the control address and the site registry)",
+    )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="Control API address, if not the one recorded in STATE_DIR/server.toml",
+    )
+    parser.add_argument("--ca", metavar="CA_CERT", help="CA certificate, if not the recorded one")
 
 
 def _port(text: str) -> int:
@@ -150,16 +174,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     reg.add_argument("public_key", metavar="KEY.pub", help="the site's OpenSSH public key")
     reg.add_argument("--name", required=True, help="the site's name (letters, digits, . _ -)")
-    reg.add_argument(
-        "--state-dir",
-        required=True,
-        metavar="DIR",
-        help="the server's --state-dir (holds the control address and the site registry)",
-    )
-    reg.add_argument(
-        "--server",
-        metavar="HOST:PORT",
-        help="Control API address, if not the one recorded in STATE_DIR/server.toml",
-    )
-    reg.add_argument("--ca", metavar="CA_CERT", help="CA certificate, if not the recorded one")
+    _control_flags(reg)
     reg.set_defaults(func=_register)
+
+    unreg = subparsers.add_parser(
+        "unregister",
+        help="revoke a registered site's key",
+        description="Unregister a site (by the name given to `fedvault register`): the "
+        "server refuses its key from now on, e.g. after the key was lost or the site left.",
+    )
+    unreg.add_argument("name", metavar="SITE", help="the site's registered name")
+    _control_flags(unreg)
+    unreg.set_defaults(func=_unregister)

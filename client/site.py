@@ -4,6 +4,9 @@ A site's settings come from its own side only: the SuperNode's node config and t
 `site.toml` in its state directory. In simulation each virtual site gets a directory
 `<sites-root>/site-<partition-id>` written by the simulation runner. Nothing in the server's
 round config can raise a site's budget or change its policy.
+
+`dropout-stage` is fault injection for tests and drills: the site vanishes when a request of
+that stage reaches it ("train", or a secure-aggregation stage such as "share-keys").
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from privacy.errors import FedVaultError
 
 SITE_FILE = "site.toml"
-SITE_KEYS = ("data-path", "policy-path", "max-epsilon", "delta")
+SITE_KEYS = ("data-path", "policy-path", "max-epsilon", "delta", "dropout-stage")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class Site:
     policy_path: str = ""
     max_epsilon: float = 0.0
     delta: float = 1e-5
+    dropout_stage: str = ""
 
     @property
     def simulated(self) -> bool:

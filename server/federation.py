@@ -9,6 +9,7 @@ directory with its status marker.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from flwr.serverapp import Grid
 from privacy.errors import FedVaultError
 from privacy.ledger import Ledger
 from server.rundir import RunDirectory
+from server.secure_round import secure_train_round
 from server.strategies import make_strategy
 from tasks.evaluation import evaluate
 from tasks.registry import build_model, load_dataset
@@ -80,47 +82,43 @@ def _rounds(
     arrays = ArrayRecord(model.state_dict())
     strategy = make_strategy(settings)
     train_config = ConfigRecord(settings.to_config())
+    session = secrets.token_hex(8)
     loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
     metrics: dict = {"round": 0, "test-loss": loss, "test-accuracy": accuracy}
     rundir.add_round(metrics)
     for server_round in range(1, settings.num_rounds + 1):
         started = time.monotonic()
-        replies = split_replies(
-            list(
-                grid.send_and_receive(
-                    strategy.configure_train(server_round, arrays, train_config, grid),
-                    timeout=settings.round_timeout,
-                )
+        messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
+        if settings.secagg:
+            replies, aggregate, secure = _secure_round(
+                grid, messages, arrays, train_config, settings, f"{session}/{server_round}"
             )
-        )
+            ledger.append("secagg_round", {"round": server_round, **secure})
+        else:
+            replies = split_replies(
+                list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+            )
+            aggregate, secure = replies.ok, {}
         _record_privacy(ledger, server_round, replies)
-        metrics = {"round": server_round, "sites-trained": len(replies.ok)}
-        metrics["sites-refused"] = len(replies.refusals)
-        metrics["sites-failed"] = len(replies.failures)
-        if replies.ok:
-            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies.ok)
+        _check_round(server_round, replies, secure)
+        metrics = {
+            "round": server_round,
+            "sites-trained": len(replies.ok),
+            "sites-refused": len(replies.refusals),
+            "sites-failed": len(replies.failures),
+        }
+        if secure:
+            metrics["secagg-aborted"] = int(bool(secure["aborted"]))
+            metrics["secagg-out-of-range"] = secure["out-of-range"]
+        if aggregate:
+            new_arrays, _ = strategy.aggregate_train(server_round, aggregate)
             if new_arrays is not None:
                 arrays = new_arrays
+        if replies.ok:
+            contents = [reply.content for reply in replies.ok]
+            train_metrics = strategy.train_metrics_aggr_fn(contents, strategy.weighted_by_key)
             metrics.update(_prefixed("train", train_metrics))
-        for failure in replies.failures:
-            log.warning("round %s: %s", server_round, failure)
-        if not replies.ok and not replies.refusals:
-            raise FedVaultError(
-                f"round {server_round}: no site returned an update"
-                + (f" ({replies.failures[0]})" if replies.failures else "")
-            )
-        eval_replies = split_replies(
-            list(
-                grid.send_and_receive(
-                    strategy.configure_evaluate(server_round, arrays, train_config, grid),
-                    timeout=settings.round_timeout,
-                )
-            )
-        )
-        if eval_replies.ok:
-            metrics.update(
-                _prefixed("client", strategy.aggregate_evaluate(server_round, eval_replies.ok))
-            )
+        metrics.update(_evaluate_at_sites(grid, strategy, server_round, arrays, train_config))
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
         metrics.update({"test-loss": loss, "test-accuracy": accuracy})
@@ -130,6 +128,68 @@ def _rounds(
             progress(metrics)
     rundir.save_model(model.state_dict())
     return metrics
+
+
+def _secure_round(
+    grid: Grid,
+    messages: list[Message],
+    arrays: ArrayRecord,
+    train_config: ConfigRecord,
+    settings: RunSettings,
+    session: str,
+) -> tuple[RoundReplies, list[Message], dict]:
+    """Train the sampled sites under SecAgg+; the aggregate is one pre-averaged reply."""
+    node_ids = [msg.metadata.dst_node_id for msg in messages]
+    outcome = secure_train_round(
+        grid, node_ids, arrays, train_config, settings.secagg_config(), session
+    )
+    replies = RoundReplies(outcome.updates, outcome.refusals, outcome.failures)
+    if outcome.aborted:
+        log.error("round aborted: secure aggregation failed: %s", outcome.aborted)
+    record = {
+        "session": session,
+        "sampled": len(node_ids),
+        "contributors": outcome.contributors,
+        "dropped": {str(k): v for k, v in outcome.dropped.items()},
+        "rejections": outcome.rejections,
+        "aborted": outcome.aborted,
+        "out-of-range": outcome.out_of_range,
+    }
+    if outcome.out_of_range:
+        log.warning(
+            "%d update values fell outside the secure-aggregation range +-%g and were clipped",
+            outcome.out_of_range,
+            settings.secagg_clip_range,
+        )
+    return replies, [outcome.aggregate] if outcome.aggregate else [], record
+
+
+def _check_round(server_round: int, replies: RoundReplies, secure: dict) -> None:
+    """Fail loudly when every site failed: that is a bug or an outage, not a dropout."""
+    for failure in replies.failures:
+        log.warning("round %s: %s", server_round, failure)
+    if replies.ok or replies.refusals or (secure and secure["sampled"] > len(replies.failures)):
+        return
+    raise FedVaultError(
+        f"round {server_round}: no site returned an update"
+        + (f" ({replies.failures[0]})" if replies.failures else "")
+    )
+
+
+def _evaluate_at_sites(
+    grid: Grid, strategy: object, server_round: int, arrays: ArrayRecord, config: ConfigRecord
+) -> dict:
+    replies = split_replies(
+        list(
+            grid.send_and_receive(
+                strategy.configure_evaluate(server_round, arrays, config, grid),
+                timeout=float(config["round-timeout"]),
+            )
+        )
+    )
+    if not replies.ok:
+        return {}
+    return _prefixed("client", strategy.aggregate_evaluate(server_round, replies.ok))
 
 
 def _record_privacy(ledger: Ledger, server_round: int, replies: RoundReplies) -> None:

@@ -373,6 +373,10 @@ class FlwrControl:
         )
         return str(answer["node-id"])
 
+    def unregister_node(self, node_id: str) -> None:
+        """Remove a node: its key can no longer connect."""
+        self.json(["supernode", "unregister", node_id, CONNECTION])
+
     def start_run(self, app_dir: Path, run_config: Path | None) -> str:
         """Submit the app in `app_dir` (overrides from a TOML file); the new run's id."""
         args = ["run", str(app_dir), CONNECTION]
@@ -484,3 +488,23 @@ def register_site(
     )
     _write_sites(state, {**sites, name: record})
     return record
+
+
+def unregister_site(
+    name: str,
+    state_dir: str | Path,
+    flwr: str,
+    env: Mapping[str, str],
+    server: str | None = None,
+    ca: str | Path | None = None,
+) -> SiteRecord:
+    """Revoke a registered site's key at the SuperLink and drop it from the registry."""
+    state = Path(state_dir)
+    sites = read_sites(state)
+    if name not in sites:
+        known = ", ".join(sorted(sites)) or "none"
+        raise FedVaultError(f"no registered site {name!r} (registered: {known})")
+    with FlwrControl(control_target(server, ca, state), flwr, env) as control:
+        control.unregister_node(sites[name].node_id)
+    _write_sites(state, {k: v for k, v in sites.items() if k != name})
+    return sites[name]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from privacy.errors import FedVaultError
+from privacy.secagg import SecAggConfig
 from tasks.partition import PartitionSpec
 from tasks.registry import TaskSettings
 
@@ -43,6 +44,12 @@ class RunSettings:
     delta: float = 1e-5
     accountant: str = "prv"
     secure_mode: bool = False
+    secagg: bool = True
+    secagg_neighbours: int = 0
+    secagg_threshold: float = 2 / 3
+    secagg_clip_range: float = 8.0
+    secagg_bits: int = 22
+    secagg_timeout: float = 120.0
     sites_root: str = ""
 
     def __post_init__(self) -> None:
@@ -65,6 +72,18 @@ class RunSettings:
                 raise FedVaultError("clip-norm must be > 0")
             if not 0 < self.delta < 1:
                 raise FedVaultError("delta must be in (0, 1)")
+        if self.secagg:
+            self.secagg_config()
+
+    def secagg_config(self) -> SecAggConfig:
+        """Secure-aggregation parameters (neighbours 0 means the O(log n) default)."""
+        return SecAggConfig(
+            num_neighbours=self.secagg_neighbours or None,
+            reconstruction_threshold=self.secagg_threshold,
+            clipping_range=self.secagg_clip_range,
+            quantization_bits=self.secagg_bits,
+            stage_timeout_s=self.secagg_timeout,
+        )
 
     @property
     def partition_spec(self) -> PartitionSpec:

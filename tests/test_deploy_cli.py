@@ -94,10 +94,10 @@ class Process:
         return code
 
 
-def in_process(*args: str) -> tuple[int, str]:
-    """Run `fedvault ARGS` in this process (for failures caught before any process starts)."""
+def in_process(*args: str, out: io.StringIO | None = None) -> tuple[int, str]:
+    """Run `fedvault ARGS` here (commands that supervise no process); (status, stderr)."""
     err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out or io.StringIO()):
         code = main(list(args))
     return code, err.getvalue()
 
@@ -240,35 +240,38 @@ def test_exposed_address_serves_fleet_only(server, pki):
 
 @needs_nginx
 def test_exposed_address_refuses_run_submission(server, pki, tiny_app):
-    done = fedvault(
+    out = io.StringIO()
+    code, err = in_process(
         "run", "--server", server["fleet"], "--ca", str(pki / "certs" / "ca.crt"),
-        "--app", str(tiny_app),
+        "--app", str(tiny_app), out=out,
     )  # fmt: skip
-    assert done.returncode == 2
-    assert "403 Forbidden" in done.stderr and "does not serve the Control API" in done.stderr
-    assert "started run" not in done.stdout
+    assert code == 2
+    assert "403 Forbidden" in err and "does not serve the Control API" in err
+    assert "started run" not in out.getvalue()
 
 
 def test_loopback_control_address_runs_and_reports_failure(server, tiny_app, tmp_path):
-    ok = fedvault("run", "--state-dir", str(server["state"]), "--app", str(tiny_app))
-    assert ok.returncode == 0, ok.stderr
-    assert "finished:completed" in ok.stdout
+    out = io.StringIO()
+    target = ("--state-dir", str(server["state"]), "--app", str(tiny_app))
+    assert in_process("run", *target, out=out) == (0, "")
+    assert "finished:completed" in out.getvalue()
     scenario = tmp_path / "fail.toml"
     scenario.write_text("[run]\nfail = true\n")
-    failed = fedvault(
-        "run", str(scenario), "--state-dir", str(server["state"]), "--app", str(tiny_app)
-    )
-    assert failed.returncode == 1
-    assert "finished:failed" in failed.stderr and "asked to fail" in failed.stderr
+    code, err = in_process("run", str(scenario), *target)
+    assert code == 1
+    assert "finished:failed" in err and "asked to fail" in err
 
 
 def test_second_server_on_a_used_port_is_a_one_line_error(server, pki, tmp_path):
     code, err = in_process(
         "server", "--certs", str(pki / "certs"), "--state-dir", str(tmp_path / "s"),
-        "--port", str(free_port()), "--control-port", str(server["control"]),
+        "--control-port", str(server["control"]), "--no-proxy",
     )  # fmt: skip
     assert code == 2
-    assert err.startswith("fedvault: error: cannot listen on 127.0.0.1:") and err.count("\n") == 1
+    assert (
+        err.startswith(f"fedvault: error: cannot listen on 127.0.0.1:{server['control']}:")
+        and err.count("\n") == 1
+    )
 
 
 @needs_flower

@@ -172,3 +172,78 @@ def test_tabular_clinic_with_site_anonymization_learns(tmp_path):
     assert sorted(r["site"] for r in reports) == [f"site-{i}" for i in range(5)]
     assert all(r["achieved"]["k"] >= 5 for r in reports)
     assert all((out / "sites" / f"site-{i}" / "pseudonym.key").exists() for i in range(5))
+
+
+# One round: later rounds would amplify the (bounded) quantization error through training.
+TINY = {**SMALL, "task.num-train": 1600, "task.num-test": 400, "num-rounds": 1}
+
+
+def final_weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model.safetensors")
+
+
+def run_with_dropout(tmp_path, name: str, secagg: bool, stage: str, num_sites: int = 4):
+    overrides = {"site-2": {"dropout-stage": stage}} if stage else {}
+    out = tmp_path / name
+    simulate(
+        Scenario(
+            name, run={**TINY, "secagg": secagg}, num_sites=num_sites, site_overrides=overrides
+        ),
+        out,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain_baselines(tmp_path_factory):
+    """FedAvg in the clear: all four sites, and site-2 failing every round."""
+    base = tmp_path_factory.mktemp("plain")
+    return {
+        "all": final_weights(run_with_dropout(base, "all", False, "")),
+        "without-site-2": final_weights(run_with_dropout(base, "without", False, "train")),
+    }
+
+
+@pytest.mark.parametrize("stage", ["setup", "share-keys", "masked-input", "unmask"])
+def test_secure_aggregate_with_a_dropout_equals_the_survivors_plain_average(
+    tmp_path, plain_baselines, stage
+):
+    out = run_with_dropout(tmp_path, stage, True, stage)
+    rounds = metrics(out)[1:]
+    assert all(r["secagg-aborted"] == 0 for r in rounds)
+    # A site leaving during unmask has already sent its masked input: it is in the sum.
+    expected = plain_baselines["all" if stage == "unmask" else "without-site-2"]
+    got = final_weights(out)
+    for key, tensor in expected.items():
+        torch.testing.assert_close(got[key], tensor, atol=2e-5, rtol=0)
+    with sqlite3.connect(out / "run-ledger.sqlite") as db:
+        records = [
+            json.loads(p)
+            for (p,) in db.execute("SELECT payload FROM rows WHERE kind = 'secagg_round'")
+        ]
+    assert len(records) == 1
+    assert all(any(stage in reason for reason in r["dropped"].values()) for r in records)
+
+
+def test_one_dropout_too_many_aborts_rounds_cleanly_and_keeps_the_model(tmp_path):
+    out = tmp_path / "abort"
+    scenario = Scenario(
+        "abort",
+        run={**TINY, "secagg": True, "num-rounds": 2},
+        num_sites=3,
+        site_overrides={
+            "site-1": {"dropout-stage": "masked-input"},
+            "site-2": {"dropout-stage": "masked-input"},
+        },
+    )
+    simulate(scenario, out)
+    rounds = metrics(out)
+    assert [r.get("secagg-aborted") for r in rounds[1:]] == [1, 1]
+    assert rounds[-1]["test-accuracy"] == rounds[0]["test-accuracy"]
+    assert json.loads((out / "status.json").read_text())["status"] == "completed"
+    with sqlite3.connect(out / "run-ledger.sqlite") as db:
+        records = [
+            json.loads(p)
+            for (p,) in db.execute("SELECT payload FROM rows WHERE kind = 'secagg_round'")
+        ]
+    assert all(r["aborted"] and r["contributors"] == 0 for r in records)
