@@ -158,7 +158,7 @@ def tiny_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return app
 
 
-def test_registered_site_connects_and_stops_cleanly(server, pki, tmp_path):
+def test_registered_site_connects_stops_cleanly_and_can_be_revoked(server, pki, tmp_path):
     register = ("register", str(pki / "site1.key.pub"), "--name", "site1")
     state = ("--state-dir", str(server["state"]))
     assert in_process(*register, *state) == (0, "")
@@ -185,6 +185,11 @@ def test_registered_site_connects_and_stops_cleanly(server, pki, tmp_path):
     assert config == {"state-dir": str(site_dir.resolve()), "max-epsilon": 3.5, "delta": 1e-5}
     assert client.stop() == 0
     assert "site stopped" in client.output
+
+    assert in_process("unregister", "site1", *state)[0] == 0
+    assert "site1" not in tomllib.loads((server["state"] / "sites.toml").read_text())["sites"]
+    revoked = fedvault("client", "--state-dir", str(site_dir), "--connect-timeout", "120")
+    assert revoked.returncode == 2 and "rejected this site's key" in revoked.stderr
 
 
 def test_unregistered_site_is_rejected(server, pki, tmp_path):
