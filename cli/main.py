@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "cli.server",
     "cli.client",
     "cli.run",
+    "cli.report",
 )
 
 

@@ -50,7 +50,7 @@ def executable(name: str) -> str:
     return found
 
 
-def flower_env(flwr_home: Path | None = None, extra: Mapping[str, str] | None = None) -> dict:
+def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     """Environment for a Flower process: offline settings, this Python's bin dir on PATH.
 
     Flower starts `flower-superexec` and the app processes by bare name, so they must be on
@@ -61,7 +61,6 @@ def flower_env(flwr_home: Path | None = None, extra: Mapping[str, str] | None = 
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)
-    env.update(extra or {})
     return env
 
 

@@ -12,14 +12,13 @@ import argparse
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import tomli_w
 
 from cli.processes import executable, flower_env
 from privacy.errors import FedVaultError
-from server.superlink import FlwrControl, control_target
+from server.superlink import FlwrControl, control_target, read_toml
 from simulations.scenario import flatten, load_scenario
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -28,19 +27,9 @@ COMPLETED = "finished:completed"
 FINAL_STATUS_WAIT_S = 60.0
 
 
-def _read_toml(path: Path, what: str) -> dict:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise FedVaultError(f"{what} not found: {path}") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise FedVaultError(f"cannot read {what} {path}: {exc}") from None
-
-
 def app_config_keys(app_dir: Path) -> set[str]:
     """The run-config keys the app declares (`[tool.flwr.app.config]`, flattened)."""
-    project = _read_toml(app_dir / "pyproject.toml", "app project file")
+    project = read_toml(app_dir / "pyproject.toml", "app project file")
     config = project.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
     if not isinstance(config, dict):
         raise FedVaultError(f"{app_dir / 'pyproject.toml'} has no [tool.flwr.app.config]")

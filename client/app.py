@@ -11,12 +11,19 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.local_round import LocalUpdate, SiteRound, budget_refusal, local_update, prepare
+from client.local_round import (
+    LocalUpdate,
+    SiteRound,
+    budget_refusal,
+    local_update,
+    masked_vector,
+    prepare,
+)
 from privacy.errors import FedVaultError
 from privacy.secagg import SecAggClient
 from privacy.secagg import messages as m
 from tasks.evaluation import evaluate
-from tasks.wire import flatten_update, protocol_message, protocol_records
+from tasks.wire import protocol_message, protocol_records
 
 app = ClientApp()
 
@@ -60,10 +67,8 @@ def secagg_handler(msg: Message, context: Context) -> Message:
         update = local_update(msg, context, work)
         if update.refusal is not None:
             return _refusal_reply(msg, update.refusal)
-        vector = flatten_update(
-            update.model.state_dict(), msg.content["arrays"].to_torch_state_dict()
-        )
-        reply = client.handle(request, vector, update.result.num_examples)
+        vector, weight = masked_vector(msg, work, update)
+        reply = client.handle(request, vector, weight)
         extra = {"metrics": _metrics(update), "privacy": update.privacy}
     else:
         reply = client.handle(request)

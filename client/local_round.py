@@ -10,6 +10,7 @@ import functools
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from flwr.app import ConfigRecord, Context, Message
@@ -19,10 +20,12 @@ from client.data import SiteData, cached_schema, load_site_data, site_table
 from client.policy import apply_site_policy
 from client.site import Site, resolve_site
 from client.training import TrainResult, train
+from privacy.client_dp import SecureGaussian, clip_update
 from tasks.registry import TaskSettings, build_model
 from tasks.settings import RunSettings
+from tasks.wire import flatten_update
 
-ROUND_KEYS = ("server-round", "proximal-mu")
+ROUND_KEYS = ("server-round", "proximal-mu", "round-clip-norm", "round-noise-share-std")
 
 
 @dataclass
@@ -113,6 +116,27 @@ def local_update(msg: Message, context: Context, work: SiteRound) -> LocalUpdate
         summary = budget.record_round(run_id, work.server_round, dp, result)
     privacy["summary"] = json.dumps(summary)
     return LocalUpdate(model, result, privacy, epsilon=summary["epsilon"])
+
+
+def masked_vector(msg: Message, work: SiteRound, update: LocalUpdate) -> tuple[np.ndarray, int]:
+    """The vector and weight this site puts into secure aggregation.
+
+    Without client-level DP: its model delta, weighted by its number of examples. With it:
+    the delta clipped to this round's C (before masking: the server never sees it), plus
+    this site's share of the noise in distributed mode, unweighted; under adaptive clipping
+    one more coordinate says whether the delta fitted in C, so only the count is revealed.
+    """
+    config = msg.content["config"]
+    vector = flatten_update(update.model.state_dict(), msg.content["arrays"].to_torch_state_dict())
+    if not work.settings.client_dp:
+        return vector, update.result.num_examples
+    (vector,), _, was_clipped = clip_update([vector], float(config["round-clip-norm"]))
+    share_std = float(config.get("round-noise-share-std", 0.0))
+    if share_std > 0:
+        vector = vector + SecureGaussian().normal(vector.shape, share_std)
+    if work.settings.client_dp_adaptive:
+        vector = np.append(vector, 0.0 if was_clipped else 1.0)
+    return vector, 1
 
 
 def _train(msg: Message, work: SiteRound, dp: object) -> tuple[torch.nn.Module, TrainResult]:

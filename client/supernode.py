@@ -16,7 +16,7 @@ import math
 import os
 import stat
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import tomli_w
@@ -45,6 +45,8 @@ class SiteSettings:
     policy_path: str | None = None
     max_epsilon: float | None = None
     delta: float | None = None
+    other: dict = field(default_factory=dict)
+    """Further `site.toml` keys this command does not set (kept as they are)."""
 
 
 def _key(name: str) -> str:
@@ -69,15 +71,22 @@ def read_site_settings(state_dir: Path) -> dict:
         if unknown:
             raise FedVaultError(f"{path}: unknown setting {unknown[0]!r}")
         saved.update(raw)
-    saved.update(read_site_file(state_dir))
-    return {name.replace("-", "_"): value for name, value in saved.items()}
+    site = read_site_file(state_dir)
+    managed = {_key(name) for name in SITE_FIELDS}
+    saved.update({k: v for k, v in site.items() if k in managed})
+    settings = {name.replace("-", "_"): value for name, value in saved.items()}
+    settings["other"] = {k: v for k, v in site.items() if k not in managed}
+    return settings
 
 
 def write_site_settings(state_dir: Path, settings: SiteSettings) -> None:
     """Save both files atomically (0600) so the next start needs only --state-dir."""
     values = {_key(k): v for k, v in asdict(settings).items() if v is not None}
-    for file, names in ((CONNECTION_FILE, CONNECTION_FIELDS), (SITE_FILE, SITE_FIELDS)):
-        table = {_key(n): values[_key(n)] for n in names if _key(n) in values}
+    for file, names, other in (
+        (CONNECTION_FILE, CONNECTION_FIELDS, {}),
+        (SITE_FILE, SITE_FIELDS, settings.other),
+    ):
+        table = {**other, **{_key(n): values[_key(n)] for n in names if _key(n) in values}}
         atomic_write_text(state_dir / file, tomli_w.dumps(table), mode=0o600)
 
 
@@ -120,7 +129,10 @@ def resolve_site_settings(state_dir: Path, **given: object) -> SiteSettings:
             f"missing {', '.join(missing)} (needed on the first start, then saved in "
             f"{state_dir / CONNECTION_FILE})"
         )
-    settings = SiteSettings(**{name: _typed(name, value) for name, value in merged.items()})
+    other = merged.pop("other", {})
+    settings = SiteSettings(
+        **{name: _typed(name, value) for name, value in merged.items()}, other=other
+    )
     parse_address(settings.server)
     ca = _existing_file(settings.ca, "CA certificate")
     load_certificate(ca, "CA certificate")

@@ -15,18 +15,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import getLogger
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from privacy.errors import FedVaultError
 from privacy.ledger import Ledger
+from server.client_dp import ClientLevelDp, RoundPlan, clip_and_sum
 from server.rundir import RunDirectory
 from server.secure_round import secure_train_round
 from server.strategies import make_strategy
 from tasks.evaluation import evaluate
 from tasks.registry import build_model, load_dataset
 from tasks.settings import RunSettings
+from tasks.wire import apply_update, flatten_update, update_length
 
 log = getLogger("fedvault.server")
 ProgressFn = Callable[[dict], None]
@@ -69,6 +72,17 @@ def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | Non
     return final
 
 
+@dataclass
+class TrainOutcome:
+    """One training round's replies and, unless nothing could be released, the new model."""
+
+    replies: RoundReplies
+    state: dict | None
+    weight: int = 1
+    metrics: dict = field(default_factory=dict)
+    vector: np.ndarray | None = None
+
+
 def _rounds(
     grid: Grid,
     settings: RunSettings,
@@ -83,35 +97,51 @@ def _rounds(
     strategy = make_strategy(settings)
     train_config = ConfigRecord(settings.to_config())
     session = secrets.token_hex(8)
+    client_dp = ClientLevelDp(settings) if settings.client_dp else None
     loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
     metrics: dict = {"round": 0, "test-loss": loss, "test-accuracy": accuracy}
     rundir.add_round(metrics)
     for server_round in range(1, settings.num_rounds + 1):
         started = time.monotonic()
         messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
+        plan = None
+        if client_dp is not None:
+            plan = client_dp.plan(
+                sorted(grid.get_node_ids()), [msg.metadata.dst_node_id for msg in messages]
+            )
+            if client_dp.exceeds_budget(plan):
+                _stop_for_client_budget(ledger, client_dp, server_round)
+                break
+            train_config["round-clip-norm"] = plan.clip_norm
+            train_config["round-noise-share-std"] = client_dp.noise_share_std(plan)
+        node_ids = plan.node_ids if plan else [msg.metadata.dst_node_id for msg in messages]
         if settings.secagg:
-            replies, aggregate, secure = _secure_round(
-                grid, messages, arrays, train_config, settings, f"{session}/{server_round}"
+            outcome = _secure_round(
+                grid, node_ids, arrays, train_config, settings, f"{session}/{server_round}", plan
             )
-            ledger.append("secagg_round", {"round": server_round, **secure})
+            ledger.append("secagg_round", {"round": server_round, **outcome.metrics})
         else:
-            replies = split_replies(
-                list(grid.send_and_receive(messages, timeout=settings.round_timeout))
-            )
-            aggregate, secure = replies.ok, {}
+            outcome = _plain_round(grid, node_ids, arrays, train_config, settings)
+        replies = outcome.replies
         _record_privacy(ledger, server_round, replies)
-        _check_round(server_round, replies, secure)
+        _check_round(server_round, replies, outcome.metrics)
         metrics = {
             "round": server_round,
             "sites-trained": len(replies.ok),
             "sites-refused": len(replies.refusals),
             "sites-failed": len(replies.failures),
         }
-        if secure:
-            metrics["secagg-aborted"] = int(bool(secure["aborted"]))
-            metrics["secagg-out-of-range"] = secure["out-of-range"]
-        if aggregate:
-            new_arrays, _ = strategy.aggregate_train(server_round, aggregate)
+        if settings.secagg:
+            metrics["secagg-aborted"] = int(bool(outcome.metrics["aborted"]))
+            metrics["secagg-out-of-range"] = outcome.metrics["out-of-range"]
+        if client_dp is not None and plan is not None:
+            outcome.state = _client_dp_release(
+                client_dp, plan, arrays, outcome, settings, ledger, server_round
+            )
+            metrics["client-epsilon"] = _finite_or_none(client_dp.epsilon())
+        if outcome.state is not None:
+            aggregate = _as_reply(outcome.state, outcome.weight)
+            new_arrays, _ = strategy.aggregate_train(server_round, [aggregate])
             if new_arrays is not None:
                 arrays = new_arrays
         if replies.ok:
@@ -130,22 +160,71 @@ def _rounds(
     return metrics
 
 
+def _train_messages(node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord) -> list:
+    content = RecordDict({"arrays": arrays, "config": config})
+    return [Message(content=content, dst_node_id=nid, message_type="train") for nid in node_ids]
+
+
+def _plain_round(
+    grid: Grid,
+    node_ids: list[int],
+    arrays: ArrayRecord,
+    train_config: ConfigRecord,
+    settings: RunSettings,
+) -> TrainOutcome:
+    """Updates in the clear; FedAvg weights them by their number of examples."""
+    messages = _train_messages(node_ids, arrays, train_config)
+    replies = split_replies(list(grid.send_and_receive(messages, timeout=settings.round_timeout)))
+    if not replies.ok:
+        return TrainOutcome(replies, None)
+    states = [reply.content["arrays"].to_torch_state_dict() for reply in replies.ok]
+    weights = [int(reply.content["metrics"]["num-examples"]) for reply in replies.ok]
+    total = sum(weights)
+    mean = {
+        key: sum(w * state[key].double() for w, state in zip(weights, states, strict=True)) / total
+        for key in states[0]
+    }
+    old = arrays.to_torch_state_dict()
+    return TrainOutcome(replies, {k: v.to(old[k].dtype) for k, v in mean.items()}, weight=total)
+
+
 def _secure_round(
     grid: Grid,
-    messages: list[Message],
+    node_ids: list[int],
     arrays: ArrayRecord,
     train_config: ConfigRecord,
     settings: RunSettings,
     session: str,
-) -> tuple[RoundReplies, list[Message], dict]:
-    """Train the sampled sites under SecAgg+; the aggregate is one pre-averaged reply."""
-    node_ids = [msg.metadata.dst_node_id for msg in messages]
+    plan: RoundPlan | None,
+) -> TrainOutcome:
+    """Train the sampled sites under SecAgg+; only the sum of their vectors comes back."""
+    state = arrays.to_torch_state_dict()
+    length = update_length(state) + int(bool(plan and settings.client_dp_adaptive))
+    if len(node_ids) < 2:
+        reason = f"{len(node_ids)} site(s) sampled; secure aggregation needs at least 2"
+        log.warning("round skipped: %s", reason)
+        record = {
+            "session": session,
+            "sampled": len(node_ids),
+            "contributors": 0,
+            "dropped": {},
+            "rejections": [],
+            "aborted": reason,
+            "out-of-range": 0,
+        }
+        return TrainOutcome(RoundReplies(), None, metrics=record)
     outcome = secure_train_round(
-        grid, node_ids, arrays, train_config, settings.secagg_config(), session
+        grid, node_ids, arrays, train_config, settings.secagg_config(), session, length
     )
     replies = RoundReplies(outcome.updates, outcome.refusals, outcome.failures)
     if outcome.aborted:
         log.error("round aborted: secure aggregation failed: %s", outcome.aborted)
+    if outcome.out_of_range:
+        log.warning(
+            "%d update values fell outside the secure-aggregation range +-%g and were clipped",
+            outcome.out_of_range,
+            settings.secagg_clip_range,
+        )
     record = {
         "session": session,
         "sampled": len(node_ids),
@@ -155,13 +234,84 @@ def _secure_round(
         "aborted": outcome.aborted,
         "out-of-range": outcome.out_of_range,
     }
-    if outcome.out_of_range:
-        log.warning(
-            "%d update values fell outside the secure-aggregation range +-%g and were clipped",
-            outcome.out_of_range,
-            settings.secagg_clip_range,
-        )
-    return replies, [outcome.aggregate] if outcome.aggregate else [], record
+    result = TrainOutcome(replies, None, metrics=record)
+    if outcome.weighted_sum is None:
+        return result
+    result.vector = outcome.weighted_sum
+    result.weight = outcome.total_weight
+    if plan is None:
+        result.state = apply_update(state, outcome.weighted_sum / outcome.total_weight)
+    return result
+
+
+def _client_dp_release(
+    client_dp: ClientLevelDp,
+    plan: RoundPlan,
+    arrays: ArrayRecord,
+    outcome: TrainOutcome,
+    settings: RunSettings,
+    ledger: Ledger,
+    server_round: int,
+) -> dict:
+    """Clip (if the server saw the updates), noise the sum, record the event; new weights."""
+    state = arrays.to_torch_state_dict()
+    length = update_length(state)
+    if settings.secagg:
+        summed = outcome.vector
+        if summed is None:
+            summed = np.zeros(length + int(settings.client_dp_adaptive))
+        clipped_sum, fitted = summed[:length], float(summed[length:].sum())
+        reporting = outcome.metrics["contributors"]
+    else:
+        deltas = [
+            flatten_update(reply.content["arrays"].to_torch_state_dict(), state)
+            for reply in outcome.replies.ok
+        ]
+        clipped_sum, fitted = clip_and_sum(deltas, plan.clip_norm, length)
+        reporting = len(deltas)
+    mean = client_dp.release(plan, clipped_sum, fitted, reporting)
+    ledger.append(
+        "client_dp_round",
+        {
+            "round": server_round,
+            "event": plan.event.to_dict(),
+            "epsilon": _finite_or_none(client_dp.epsilon()),
+            "accountant": settings.client_accountant,
+            "delta": settings.client_delta,
+            "max-epsilon": settings.client_max_epsilon,
+            "noise-mode": settings.client_dp_noise_mode,
+            "update-noise-multiplier": client_dp.update_noise_multiplier,
+            "quantile-budget-share": plan.event.quantile_budget_share,
+            "expected-sites": plan.expected_sites,
+            "reporting-sites": reporting,
+            "fitted-sites": fitted,
+            "next-clip-norm": client_dp.clip_norm,
+        },
+    )
+    return apply_update(state, mean)
+
+
+def _stop_for_client_budget(ledger: Ledger, client_dp: ClientLevelDp, server_round: int) -> None:
+    s = client_dp.settings
+    reason = (
+        f"round {server_round} would take client-level epsilon past {s.client_max_epsilon:g} "
+        f"(spent {client_dp.epsilon():.3f}); stopping before that release"
+    )
+    log.warning(reason)
+    ledger.append("client_dp_stop", {"round": server_round, "reason": reason})
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no infinity: an unbounded epsilon (no noise) is written as null."""
+    return value if np.isfinite(value) else None
+
+
+def _as_reply(state: dict, weight: int) -> Message:
+    """The round's aggregate as one reply, so Flower's strategy (FedAvg/FedAdam) applies it."""
+    content = RecordDict(
+        {"arrays": ArrayRecord(state), "metrics": MetricRecord({"num-examples": weight})}
+    )
+    return Message(content=content, dst_node_id=0, message_type="train")
 
 
 def _check_round(server_round: int, replies: RoundReplies, secure: dict) -> None:

@@ -3,7 +3,7 @@
 The protocol maths is in privacy/secagg; this module only carries its four stages as
 `train.secagg` messages, one `Grid.send_and_receive` per stage. The round's training
 instruction (global model and settings) rides on the masked-input stage, so a site trains
-only once it holds its peers' shares. The server learns the weighted mean of the updates of
+only once it holds its peers' shares. The server learns the weighted sum of the vectors of
 the sites whose masked input arrived, and nothing about any one of them.
 """
 
@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from logging import getLogger
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from privacy.secagg import SecAggAbort, SecAggConfig, SecAggServer
 from privacy.secagg import messages as m
-from tasks.wire import apply_update, protocol_message, protocol_records, update_length
+from tasks.wire import protocol_message, protocol_records
 
 log = getLogger("fedvault.server")
 
@@ -28,7 +29,8 @@ SECAGG_MESSAGE_TYPE = "train.secagg"
 class SecureRound:
     """What one secure round produced: the aggregate (unless aborted) and what went wrong."""
 
-    aggregate: Message | None = None
+    weighted_sum: np.ndarray | None = None
+    total_weight: int = 0
     updates: list[Message] = field(default_factory=list)
     refusals: list[dict] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -46,10 +48,10 @@ def secure_train_round(
     train_config: ConfigRecord,
     config: SecAggConfig,
     session: str,
+    vector_length: int,
 ) -> SecureRound:
-    """Run the four stages; the aggregate comes back as one reply message holding the mean."""
-    state = arrays.to_torch_state_dict()
-    server = SecAggServer(config, session, node_ids, update_length(state))
+    """Run the four stages; only the weighted sum of the sites' vectors comes back."""
+    server = SecAggServer(config, session, node_ids, vector_length)
     outcome = SecureRound()
     try:
         while not server.done:
@@ -72,19 +74,10 @@ def secure_train_round(
         outcome.rejections.extend(server.rejections)
     if outcome.aborted:
         return outcome
-    mean = apply_update(state, result.mean)
+    outcome.weighted_sum = result.weighted_sum
+    outcome.total_weight = int(result.total_weight)
     outcome.out_of_range = result.out_of_range
     outcome.contributors = result.num_clients
-    outcome.aggregate = Message(
-        content=RecordDict(
-            {
-                "arrays": ArrayRecord(mean),
-                "metrics": MetricRecord({"num-examples": int(result.total_weight)}),
-            }
-        ),
-        dst_node_id=0,
-        message_type="train",
-    )
     return outcome
 
 

@@ -260,7 +260,8 @@ def write_server_record(settings: ServerSettings) -> Path:
     return path
 
 
-def _read_toml(path: Path, what: str) -> dict:
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file as a dict; a missing or malformed file is a FedVaultError naming it."""
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -284,7 +285,7 @@ def control_target(
     """Resolve the Control API address and CA from flags or the server's `server.toml`."""
     record: dict = {}
     if state_dir is not None:
-        record = _read_toml(
+        record = read_toml(
             Path(state_dir) / SERVER_RECORD,
             "server record (start `fedvault server` with this --state-dir first)",
         )
@@ -432,7 +433,7 @@ def read_sites(state_dir: str | Path) -> dict[str, SiteRecord]:
     path = Path(state_dir) / SITES_RECORD
     if not path.exists():
         return {}
-    sites = _read_toml(path, "site registry").get("sites", {})
+    sites = read_toml(path, "site registry").get("sites", {})
     return {
         name: SiteRecord(
             name, row["node-id"], row["fingerprint"], row["public-key"], row["registered-at"]

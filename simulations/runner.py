@@ -125,7 +125,11 @@ def print_progress(num_rounds: int, echo: Callable[[str], None] = print) -> Prog
         if metrics.get("sites-refused"):
             parts.append(f"refused {metrics['sites-refused']}")
         if "train-epsilon" in metrics:
-            parts.append(f"eps {metrics['train-epsilon']:.3f}")
+            parts.append(f"site-eps {metrics['train-epsilon']:.3f}")
+        if metrics.get("client-epsilon") is not None:
+            parts.append(f"client-eps {metrics['client-epsilon']:.3f}")
+        if metrics.get("secagg-aborted"):
+            parts.append("secagg ABORTED")
         parts.append(f"{metrics['seconds']:.1f}s (total {time.monotonic() - started:.0f}s)")
         echo("  ".join(parts))
 

@@ -50,6 +50,19 @@ class RunSettings:
     secagg_clip_range: float = 8.0
     secagg_bits: int = 22
     secagg_timeout: float = 120.0
+    client_dp: bool = False
+    client_dp_noise: float = 1.0
+    client_dp_clip: float = 1.0
+    client_dp_adaptive: bool = False
+    client_dp_quantile: float = 0.5
+    client_dp_clip_learning_rate: float = 0.2
+    client_dp_count_noise: float = 10.0
+    client_dp_noise_mode: str = "central"
+    client_sampling: str = "fixed"
+    client_sampling_rate: float = 0.1
+    client_max_epsilon: float = 0.0
+    client_delta: float = 1e-5
+    client_accountant: str = "rdp"
     sites_root: str = ""
 
     def __post_init__(self) -> None:
@@ -74,6 +87,26 @@ class RunSettings:
                 raise FedVaultError("delta must be in (0, 1)")
         if self.secagg:
             self.secagg_config()
+        if self.client_dp:
+            self._check_client_dp()
+
+    def _check_client_dp(self) -> None:
+        if self.client_dp_noise < 0 or self.client_dp_clip <= 0:
+            raise FedVaultError("client-dp-noise must be >= 0 and client-dp-clip > 0")
+        if self.client_dp_noise_mode not in ("central", "distributed"):
+            raise FedVaultError("client-dp-noise-mode must be central or distributed")
+        if self.client_dp_noise_mode == "distributed" and not self.secagg:
+            raise FedVaultError("distributed client-level noise needs secure aggregation")
+        if self.client_sampling not in ("fixed", "poisson"):
+            raise FedVaultError("client-sampling must be fixed or poisson")
+        if not 0 < self.client_sampling_rate <= 1:
+            raise FedVaultError("client-sampling-rate must be in (0, 1]")
+        if not 0 < self.client_dp_quantile < 1:
+            raise FedVaultError("client-dp-quantile must be in (0, 1)")
+        if not 0 < self.client_delta < 1:
+            raise FedVaultError("client-delta must be in (0, 1)")
+        if self.client_accountant not in ("rdp", "pld"):
+            raise FedVaultError("client-accountant must be rdp or pld")
 
     def secagg_config(self) -> SecAggConfig:
         """Secure-aggregation parameters (neighbours 0 means the O(log n) default)."""

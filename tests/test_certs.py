@@ -98,6 +98,7 @@ def _tls_server(certs: Path) -> tuple[socket.socket, threading.Thread]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certs / "server.crt", certs / "server.key")
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
 
     def serve() -> None:
         for _ in range(6):
@@ -147,7 +148,10 @@ def test_verify_tls_server_rejects_a_foreign_ca_and_reports_nothing_listening(ce
             verify_tls_server(f"127.0.0.1:{port}", other.ca_cert)
     finally:
         listener.close()
-    assert verify_tls_server(f"127.0.0.1:{port}", certs / "ca.crt", timeout=2) is False
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        nothing = unused.getsockname()[1]
+    assert verify_tls_server(f"127.0.0.1:{nothing}", certs / "ca.crt", timeout=2) is False
 
 
 def test_refuses_to_overwrite_an_existing_ca_unless_forced(certs, capsys):

@@ -27,7 +27,13 @@ import pytest
 from cli.main import main
 from cli.processes import alive, descendants
 from cli.run import run_overrides
-from client.supernode import node_config, resolve_site_settings, write_site_settings
+from client.site import SITE_KEYS
+from client.supernode import (
+    SITE_FIELDS,
+    node_config,
+    resolve_site_settings,
+    write_site_settings,
+)
 from privacy.certs import check_server_certificates, init_certificates, new_node_key_pair
 from privacy.errors import FedVaultError
 from server.superlink import ServerSettings, https_status, nginx_config
@@ -323,13 +329,16 @@ def test_proxy_config_forwards_only_fleet_posts(pki, tmp_path):
 def test_site_settings_persist_and_command_line_wins(pki, tmp_path):
     state = tmp_path / "site"
     state.mkdir()
+    unmanaged = [key for key in SITE_KEYS if key.replace("-", "_") not in SITE_FIELDS]
+    (state / "site.toml").write_text("".join(f'{key} = "kept"\n' for key in unmanaged))
     first = resolve_site_settings(
         state, server="fl.example.org:9443", ca=str(pki / "certs" / "ca.crt"),
         key=str(pki / "site1.key"), max_epsilon=2.0, delta=1e-6,
     )  # fmt: skip
     write_site_settings(state, first)
     assert stat.S_IMODE((state / "site.toml").stat().st_mode) == 0o600
-    assert tomllib.loads((state / "site.toml").read_text()) == {"max-epsilon": 2.0, "delta": 1e-6}
+    saved = tomllib.loads((state / "site.toml").read_text())
+    assert saved == {"max-epsilon": 2.0, "delta": 1e-6, **dict.fromkeys(unmanaged, "kept")}
     again = resolve_site_settings(state, max_epsilon=1.0)
     assert again.server == "fl.example.org:9443" and again.max_epsilon == 1.0
     assert again.delta == 1e-6 and again.key == str((pki / "site1.key").resolve())

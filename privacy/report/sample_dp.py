@@ -1,0 +1,246 @@
+"""Sample-level DP per site, recomputed from the recorded privacy events, never copied.
+
+A site tells the server its cumulative epsilon each round ("site_round" rows), but a report
+that repeated those numbers would only certify the site's arithmetic. Here every epsilon is
+derived again from the events with the named accountant, the events are taken from the site's
+own ledger where the run directory holds it (simulations) and checked against what the site
+reported, and any difference becomes a finding in the report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from privacy.accounting import PrivacyEvent, accountant_info, compute_epsilon
+from privacy.dp_ledger import DP_EVENT
+from privacy.errors import FedVaultError
+from privacy.ledger import Row
+from privacy.report.inputs import LedgerFile, RunInputs
+
+UNIT = "one training record (example) of a site"
+ADJACENCY = "add/remove one record"
+TRUST_MODEL = (
+    "local to each site: noise is added by the site's own DP-SGD before its update leaves it, "
+    "so the guarantee holds against the server, other sites and anyone holding the model"
+)
+TUNING = "not accounted: hyperparameter tuning before this run is outside this guarantee"
+CLAIM_TOLERANCE = 1e-6  # relative; the site and the report run the same deterministic code
+
+
+def _key(events: Sequence[PrivacyEvent]) -> tuple:
+    return tuple(sorted((e.noise_multiplier, e.sample_rate, e.steps) for e in events))
+
+
+class EpsilonCache:
+    """compute_epsilon, memoised: sites with equal histories cost one computation."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple, float | None] = {}
+        self.errors: dict[tuple, str] = {}
+
+    def __call__(self, events: Sequence[PrivacyEvent], delta: float, accountant: str) -> float:
+        key = (_key(events), delta, accountant)
+        if key not in self._values:
+            try:
+                self._values[key] = compute_epsilon(list(events), delta, accountant)
+            except FedVaultError as exc:
+                self._values[key] = None
+                self.errors[key] = str(exc)
+        value = self._values[key]
+        return math.inf if value is None else value
+
+
+def _differs(claimed: Any, recomputed: float) -> bool:
+    if not isinstance(claimed, int | float) or isinstance(claimed, bool):
+        return True
+    return abs(claimed - recomputed) > CLAIM_TOLERANCE * max(1.0, abs(recomputed))
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _ledger_prefix(files: list[LedgerFile], head: str) -> tuple[LedgerFile, Row] | None:
+    for ledger in files:
+        for row in ledger.rows:
+            if row.row_hash == head:
+                return ledger, row
+    return None
+
+
+def _site_round(
+    site: str,
+    row: Row,
+    ledgers: list[LedgerFile],
+    epsilon: EpsilonCache,
+    findings: list[dict[str, str]],
+) -> tuple[dict[str, Any], list[PrivacyEvent]]:
+    """One round of one site: its mechanism, recomputed epsilons, and the checks made."""
+    p = row.payload
+    server_round = p.get("round")
+    where = f"{site} round {server_round}"
+    try:
+        event = PrivacyEvent.from_dict(p["event"])
+        claimed_events = [PrivacyEvent.from_dict(e) for e in p["events"]]
+        delta, accountant = float(p["delta"]), str(p["accountant"])
+    except (KeyError, TypeError, ValueError, FedVaultError) as exc:
+        raise FedVaultError(f"run ledger row {row.seq} ({where}) is malformed: {exc}") from None
+    events, source, run_id, site_ledger = claimed_events, "run ledger (as reported by the site)", None, None
+    found = _ledger_prefix(ledgers, str(p.get("ledger-head", "")))
+    if found is not None:
+        ledger, head_row = found
+        events = [
+            PrivacyEvent.from_dict(r.payload["event"])
+            for r in ledger.rows
+            if r.kind == DP_EVENT and r.seq <= head_row.seq
+        ]
+        source, run_id, site_ledger = f"site ledger {ledger.file}", head_row.payload.get("run_id"), ledger.file
+        if events != claimed_events:
+            findings.append(
+                _finding("error", f"{where}: the events the site reported differ from its ledger")
+            )
+    elif ledgers:
+        findings.append(
+            _finding(
+                "error",
+                f"{where}: the site ledger head {str(p.get('ledger-head'))[:16]}... the site "
+                "reported is not in its ledger (rewritten or replaced)",
+            )
+        )
+    if not events or events[-1] != event:
+        findings.append(_finding("error", f"{where}: the round's event is not the last recorded"))
+    cumulative = epsilon(events, delta, accountant)
+    cumulative_rdp = epsilon(events, delta, "rdp")
+    claim_matches = True
+    for name, claimed, value in (
+        (accountant, p.get("epsilon"), cumulative),
+        ("rdp", p.get("epsilon-rdp"), cumulative_rdp),
+    ):
+        if _differs(claimed, value):
+            claim_matches = False
+            findings.append(
+                _finding(
+                    "error",
+                    f"{where}: the site claimed epsilon {claimed} ({name}) but its events give "
+                    f"{value:.6g}",
+                )
+            )
+    record = {
+        "round": server_round,
+        "noise_multiplier": event.noise_multiplier,
+        "clip_norm": event.clip_norm,
+        "sample_rate": event.sample_rate,
+        "steps": event.steps,
+        "epochs": round(event.steps * event.sample_rate, 6),
+        "mechanism": event.mechanism,
+        "epsilon_round": _finite(epsilon([event], delta, accountant)),
+        "epsilon_cumulative": _finite(cumulative),
+        "epsilon_cumulative_rdp": _finite(cumulative_rdp),
+        "claimed_epsilon": p.get("epsilon"),
+        "claimed_epsilon_rdp": p.get("epsilon-rdp"),
+        "claim_matches": claim_matches,
+        "events_total": len(events),
+        "events_source": source,
+        "site_ledger": site_ledger,
+        "site_ledger_head": p.get("ledger-head"),
+        "run_id": run_id,
+    }
+    return record, events
+
+
+def _finding(severity: str, message: str) -> dict[str, str]:
+    return {"severity": severity, "message": message}
+
+
+def _refusal(row: Row) -> dict[str, Any]:
+    p = row.payload
+    return {
+        "round": p.get("round"),
+        "reason": p.get("reason"),
+        "epsilon_spent_claimed": p.get("epsilon-spent"),
+        "epsilon_after_round_claimed": p.get("epsilon-after-round"),
+        "max_epsilon": p.get("max-epsilon"),
+    }
+
+
+def site_names(inputs: RunInputs) -> list[str]:
+    """Every site the run heard of: ledger rows first, then the sites' state directories."""
+    names: list[str] = []
+    for row in inputs.run_ledger.rows:
+        site = row.payload.get("site")
+        if isinstance(site, str) and site not in names:
+            names.append(site)
+    names.extend(s for s in inputs.site_ledgers if s not in names)
+    return sorted(names, key=_natural)
+
+
+def _natural(name: str) -> tuple:
+    head, _, tail = name.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (name, 0)
+
+
+def sample_level(
+    inputs: RunInputs, findings: list[dict[str, str]], epsilon: EpsilonCache
+) -> dict[str, Any]:
+    """The `sample_level_dp` section: per site, per round, recomputed."""
+    enabled = bool(inputs.config.get("dp"))
+    accountant = str(inputs.config.get("accountant", "prv"))
+    by_site: dict[str, list[Row]] = {}
+    for row in inputs.rows("site_round"):
+        by_site.setdefault(str(row.payload.get("site")), []).append(row)
+    refusals: dict[str, list[Row]] = {}
+    for row in inputs.rows("refusal"):
+        refusals.setdefault(str(row.payload.get("site")), []).append(row)
+    sites = []
+    for site in site_names(inputs):
+        rows = by_site.get(site, [])
+        if not rows and site not in refusals:
+            continue
+        records, events = [], []
+        for row in rows:
+            record, events = _site_round(
+                site, row, inputs.site_ledgers.get(site, []), epsilon, findings
+            )
+            records.append(record)
+        payload = rows[-1].payload if rows else refusals[site][-1].payload
+        delta = float(payload.get("delta", inputs.config.get("delta", 1e-5)))
+        limit = payload.get("max-epsilon")
+        prior = events[: len(events) - len(records)] if records else events
+        final = records[-1]["epsilon_cumulative"] if records else None
+        sites.append(
+            {
+                "site": site,
+                "delta": delta,
+                "max_epsilon": limit,
+                "epsilon": final,
+                "epsilon_rdp": records[-1]["epsilon_cumulative_rdp"] if records else None,
+                "epsilon_before_run": _finite(epsilon(prior, delta, accountant))
+                if records
+                else None,
+                "epsilon_remaining": (
+                    round(limit - final, 12)
+                    if isinstance(limit, int | float) and final is not None
+                    else None
+                ),
+                "rounds_trained": len(records),
+                "rounds": records,
+                "refusals": [_refusal(r) for r in refusals.get(site, [])],
+            }
+        )
+    for key, message in epsilon.errors.items():
+        findings.append(_finding("warning", f"epsilon not computed for one history: {message}"))
+    return {
+        "enabled": enabled,
+        "unit_of_privacy": UNIT,
+        "adjacency": ADJACENCY,
+        "dp_variant": "approximate (epsilon, delta)-DP",
+        "trust_model": TRUST_MODEL,
+        "algorithm": "DP-SGD (Opacus): per-example clipping to norm C, Gaussian noise sigma*C",
+        "scope": "all rounds of all runs on the same data at each site (the site ledger)",
+        "hyperparameter_tuning": TUNING,
+        "accountant": accountant_info(accountant),
+        "cross_check_accountant": accountant_info("rdp"),
+        "sites": sites,
+    }

@@ -1,0 +1,253 @@
+"""The report sections other than sample-level DP: client-level DP, secure aggregation,
+anonymization, model utility and provenance, each read from the run ledger and run files.
+
+Each function returns plain JSON data laid out as docs/report-schema.md describes; the
+renderers only present it.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import Any
+
+from privacy.errors import FedVaultError
+from privacy.report.inputs import RunInputs
+
+SOFTWARE = ("fedvault", "flwr", "torch", "opacus", "dp-accounting", "cryptography", "numpy")
+CLAIM_TOLERANCE = 1e-6
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the software that produced the numbers (Python included)."""
+    versions = {"python": platform.python_version()}
+    for name in SOFTWARE:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def client_level(inputs: RunInputs, findings: list[dict[str, str]]) -> dict[str, Any]:
+    """Client-level DP ("client_dp_round" rows), recomputed when the rows carry their event."""
+    rows = inputs.rows("client_dp_round")
+    if not rows:
+        return {"enabled": False}
+    rounds = []
+    for row in rows:
+        p = row.payload
+        rounds.append(
+            {
+                "round": p.get("round"),
+                "noise_multiplier": p.get("noise-multiplier"),
+                "clip_norm": p.get("clip-norm"),
+                "sampling": p.get("sampling"),
+                "claimed_epsilon": p.get("epsilon"),
+                "epsilon": None,
+                "details": {
+                    k: v
+                    for k, v in p.items()
+                    if k not in ("round", "noise-multiplier", "clip-norm", "sampling", "epsilon")
+                },
+            }
+        )
+    accountant, delta = _client_accountant(rows, inputs)
+    if all("event" in row.payload for row in rows):
+        _recompute_client_level(rows, rounds, accountant, delta, findings)
+    else:
+        findings.append(
+            {
+                "severity": "warning",
+                "message": "client-level epsilon is as claimed by the server: its ledger rows "
+                "carry no event to recompute it from",
+            }
+        )
+    return {
+        "enabled": True,
+        "unit_of_privacy": "one site (all of its records)",
+        "accountant": {"name": accountant, "implementation": "dp-accounting",
+                       "version": _version("dp-accounting")},
+        "delta": delta,
+        "rounds": rounds,
+    }
+
+
+def _client_accountant(rows: list, inputs: RunInputs) -> tuple[str, float]:
+    last = rows[-1].payload
+    return str(last.get("accountant", "rdp")), float(
+        last.get("delta", inputs.config.get("delta", 1e-5))
+    )
+
+
+def _recompute_client_level(
+    rows: list, rounds: list[dict], accountant: str, delta: float, findings: list
+) -> None:
+    from privacy.client_dp import ClientDpEvent, client_level_epsilon
+
+    events = []
+    for row, record in zip(rows, rounds, strict=True):
+        try:
+            events.append(ClientDpEvent.from_dict(row.payload["event"]))
+            record["epsilon"] = client_level_epsilon(events, delta, accountant)
+        except (FedVaultError, TypeError) as exc:
+            raise FedVaultError(f"run ledger row {row.seq} (client DP) is malformed: {exc}") from None
+        claimed = record["claimed_epsilon"]
+        if not isinstance(claimed, int | float) or abs(claimed - record["epsilon"]) > (
+            CLAIM_TOLERANCE * max(1.0, record["epsilon"])
+        ):
+            findings.append(
+                {
+                    "severity": "error",
+                    "message": f"client-level DP round {record['round']}: claimed epsilon "
+                    f"{claimed} but the events give {record['epsilon']:.6g}",
+                }
+            )
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def secure_aggregation(inputs: RunInputs) -> dict[str, Any]:
+    """Protocol, parameters and per-round participation of secure aggregation."""
+    config = inputs.config
+    enabled = bool(config.get("secagg"))
+    neighbours = config.get("secagg-neighbours", 0)
+    rounds = []
+    for row in inputs.rows("secagg_round"):
+        p = row.payload
+        dropped = p.get("dropped") or {}
+        rounds.append(
+            {
+                "round": p.get("round"),
+                "session": p.get("session"),
+                "sampled": p.get("sampled"),
+                "contributors": p.get("contributors"),
+                "dropped": dropped,
+                "dropouts": len(dropped),
+                "rejections": p.get("rejections") or [],
+                "aborted": p.get("aborted") or "",
+                "out_of_range": p.get("out-of-range", 0),
+            }
+        )
+    return {
+        "enabled": enabled,
+        "protocol": "SecAgg+ (Bell et al. 2020): pairwise masks on a random neighbour graph, "
+        "Shamir shares for dropout recovery",
+        "protects": "the server sees only the sum of the sites' updates, never one site's",
+        "parameters": {
+            "neighbours": neighbours if neighbours else "O(log n) default",
+            "reconstruction_threshold": config.get("secagg-threshold"),
+            "clipping_range": config.get("secagg-clip-range"),
+            "quantization_bits": config.get("secagg-bits"),
+            "stage_timeout_s": config.get("secagg-timeout"),
+        },
+        "rounds": rounds,
+        "totals": {
+            "rounds": len(rounds),
+            "aborted": sum(1 for r in rounds if r["aborted"]),
+            "dropouts": sum(r["dropouts"] for r in rounds),
+            "out_of_range": sum(int(r["out_of_range"] or 0) for r in rounds),
+        },
+        "transport": _transport(config),
+    }
+
+
+def _transport(config: dict[str, Any]) -> dict[str, Any]:
+    if config.get("sites-root"):
+        return {
+            "mode": "simulation",
+            "tls": None,
+            "node_authentication": None,
+            "note": "simulated sites run inside one process: no network transport",
+        }
+    return {
+        "mode": "deployment",
+        "tls": True,
+        "node_authentication": True,
+        "note": "`fedvault server` always starts the SuperLink with TLS and SuperNode "
+        "authentication; not recorded per run",
+    }
+
+
+def anonymization(inputs: RunInputs) -> list[dict[str, Any]]:
+    """Per site, the anonymization report its policy produced (first one in the run)."""
+    sites = []
+    for row in inputs.rows("anonymization"):
+        p = row.payload
+        sites.append(
+            {
+                "site": p.get("site"),
+                "round": p.get("round"),
+                "policy": p.get("policy"),
+                "method": p.get("method"),
+                "targets": p.get("targets"),
+                "achieved": p.get("achieved") or {},
+                "rows_in": p.get("rows_in"),
+                "rows_out": p.get("rows_out"),
+                "suppressed_records": p.get("suppressed_records"),
+                "suppressed_share": p.get("suppressed_share"),
+                "equivalence_classes": p.get("equivalence_classes"),
+                "risk": p.get("risk") or {},
+                "information_loss": p.get("information_loss") or {},
+                "columns": p.get("columns") or {},
+            }
+        )
+    return sites
+
+
+UTILITY_COLUMNS = {
+    "round": "round",
+    "test-accuracy": "test_accuracy",
+    "test-loss": "test_loss",
+    "client-eval-accuracy": "client_eval_accuracy",
+    "client-eval-loss": "client_eval_loss",
+    "train-loss": "train_loss",
+    "sites-trained": "sites_trained",
+    "sites-refused": "sites_refused",
+    "sites-failed": "sites_failed",
+}
+
+
+def utility(inputs: RunInputs) -> dict[str, Any]:
+    """Global test metrics and the sites' own evaluation, per round (round 0 = initial)."""
+    rounds = [
+        {name: row.get(key) for key, name in UTILITY_COLUMNS.items()}
+        for row in inputs.metrics
+        if isinstance(row, dict)
+    ]
+    final = rounds[-1] if rounds else {}
+    return {
+        "test_set": "the task's held-out test set, at the server",
+        "client_eval": "sample-weighted mean of the sites' validation splits",
+        "final_test_accuracy": final.get("test_accuracy"),
+        "rounds": rounds,
+    }
+
+
+def provenance(inputs: RunInputs, software: dict[str, str], run_ids: list[str]) -> dict[str, Any]:
+    """What produced the run: software, configuration and its hash, data, ids and times."""
+    datasets = []
+    for site, files in inputs.site_ledgers.items():
+        for ledger in files:
+            datasets.append(
+                {"site": site, "fingerprint_sha256": ledger.fingerprint, "ledger": ledger.file}
+            )
+    rows = inputs.run_ledger.rows
+    return {
+        "software": software,
+        "config": inputs.config,
+        "config_sha256": inputs.config_sha256,
+        "task": inputs.config.get("task.name"),
+        "datasets": datasets,
+        "run_ids": run_ids,
+        "status": inputs.status.get("status"),
+        "status_time": inputs.status.get("time"),
+        "ledger_created": inputs.run_ledger.created,
+        "first_event": rows[0].time if rows else None,
+        "last_event": rows[-1].time if rows else None,
+    }
