@@ -10,8 +10,8 @@ A mode is only worth making the default if it computes the same thing, so the sc
 checks every mode against an explicit per-example loop: per-sample gradient norms and the
 clipped, averaged gradient of one noiseless step must agree.
 
-    python -m benchmarks.dp_overhead                 # batch 32 and 512, 7 repetitions
-    python -m benchmarks.dp_overhead --batch-sizes 64 --repeats 3 --channels 16
+    PYTHONPATH=. python benchmarks/dp_overhead.py       # batch 32 and 512, 7 repetitions
+    PYTHONPATH=. python benchmarks/dp_overhead.py --batch-sizes 512 --channels 16
 """
 
 from __future__ import annotations

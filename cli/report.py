@@ -82,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
         if problems:
             raise FedVaultError(f"{args.run_dir}: verification failed: " + "; ".join(problems))
         signer = "the given public key" if args.public_key else "the key report.json names"
-        print(f"{args.run_dir}: report verified: ledgers intact, report.json matches them, "
-              f"signature valid for {signer}")
+        print(
+            f"{args.run_dir}: report verified: ledgers intact, report.json matches them, "
+            f"signature valid for {signer}"
+        )
         return 0
     if args.public_key is not None:
         raise FedVaultError("--public-key is only used with --verify")
@@ -94,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
     )
     print(report["summary"]["headline"])
     written = ["report.json", "report.sig"] + {
-        "html": ["report.html"], "json": [], "md": ["report.md"], "all": ["report.html", "report.md"]
+        "html": ["report.html"],
+        "json": [],
+        "md": ["report.md"],
+        "all": ["report.html", "report.md"],
     }[args.format]
     print(f"wrote {', '.join(written)} in {args.run_dir} (signed with {key_path})")
     return 0

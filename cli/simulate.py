@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="persistent state directory of the simulated sites (ledgers, keys); runs that "
         "share it spend one privacy budget (default: <run directory>/sites)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last completed round",
+    )
     parser.set_defaults(func=run)
 
 
@@ -67,10 +72,12 @@ def run(args: argparse.Namespace) -> int:
         scenario.run[key.strip()] = value.strip()
     if args.clients is not None:
         scenario.num_sites = args.clients
+    if args.resume and not args.out:
+        raise FedVaultError("--resume needs --out, the run directory to continue")
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{scenario.name}")
     rounds = int(scenario.run.get("num-rounds", 8))
     print(f"fedvault: simulating {scenario.num_sites} sites, scenario {scenario.name!r}, -> {out}")
     sites = Path(args.sites) if args.sites else None
-    final = simulate(scenario, out, print_progress(rounds), sites)
+    final = simulate(scenario, out, print_progress(rounds), sites, resume=args.resume)
     print(f"fedvault: done, test accuracy {final['test-accuracy']:.4f}; run directory {out}")
     return 0

@@ -8,6 +8,7 @@ the site computes the epsilon it would reach after it, and declines if that pass
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from tasks.settings import RunSettings
 
 DEFAULT_MAX_EPSILON = 10.0
 PLAN_KEY = "dp-plan"
+ROUND_KEY = "dp-round"
 
 
 class BudgetExhausted(Exception):
@@ -89,11 +91,36 @@ class SiteBudget:
         event = PrivacyEvent(
             noise_multiplier=sigma, sample_rate=q, steps=steps, clip_norm=s.clip_norm
         )
-        spent = compute_epsilon(history, self.site.delta, s.accountant)
-        after = compute_epsilon([*history, event], self.site.delta, s.accountant)
+        after = self._epsilon_after(server_round, history, event)
         if after > self.max_epsilon:
+            spent = compute_epsilon(history, self.site.delta, s.accountant)
             raise BudgetExhausted(self.site.name, spent, after, self.max_epsilon)
-        return DpSgd(noise_multiplier=sigma, clip_norm=s.clip_norm, secure_mode=s.secure_mode)
+        return DpSgd(
+            noise_multiplier=sigma,
+            clip_norm=s.clip_norm,
+            secure_mode=s.secure_mode,
+            grad_sample_mode=s.grad_sample_mode,
+        )
+
+    def _epsilon_after(
+        self, server_round: int, history: list[PrivacyEvent], event: PrivacyEvent
+    ) -> float:
+        """Epsilon once this round's event is spent; computed once per round (it is costly).
+
+        Under secure aggregation a site plans at setup and again at masked input; the
+        cached value is reused only for the same round, event and ledger length.
+        """
+        key = {
+            "round": server_round,
+            "ledger-rows": len(self.ledger),
+            "event": json.dumps(event.to_dict(), sort_keys=True),
+        }
+        cached = self.state.get(ROUND_KEY)
+        if cached is not None and all(cached.get(k) == v for k, v in key.items()):
+            return float(cached["epsilon-after"])
+        after = compute_epsilon([*history, event], self.site.delta, self.settings.accountant)
+        self.state[ROUND_KEY] = ConfigRecord({**key, "epsilon-after": after})
+        return after
 
     def _planned_sigma(self, q: float, steps: int, history: list[PrivacyEvent]) -> float:
         """Sigma for the whole run's planned rounds, solved once per run and kept in state."""
@@ -115,13 +142,15 @@ class SiteBudget:
             steps=result.steps,
             clip_norm=dp.clip_norm,
         )
-        record_dp_event(self.ledger, event, run_id=run_id, server_round=server_round)
         history = dp_events(self.ledger)
+        epsilon = self._epsilon_after(server_round, history, event)
+        record_dp_event(self.ledger, event, run_id=run_id, server_round=server_round)
+        history.append(event)
         return {
             "site": self.site.name,
             "delta": self.site.delta,
             "max-epsilon": self.max_epsilon,
-            "epsilon": compute_epsilon(history, self.site.delta, self.settings.accountant),
+            "epsilon": epsilon,
             "epsilon-rdp": compute_epsilon(history, self.site.delta, "rdp"),
             "accountant": self.settings.accountant,
             "event": event.to_dict(),

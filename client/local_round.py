@@ -39,7 +39,12 @@ class SiteRound:
     anonymization: dict
 
     def global_model(self, msg: Message) -> torch.nn.Module:
-        model = build_model(self.settings.task.name, self.data.num_features, self.data.num_classes)
+        model = build_model(
+            self.settings.task.name,
+            self.data.num_features,
+            self.data.num_classes,
+            private=self.settings.dp,
+        )
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         return model
 

@@ -23,8 +23,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from privacy.errors import FedVaultError
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
-
 
 @dataclass(frozen=True)
 class DpSgd:
@@ -33,7 +31,7 @@ class DpSgd:
     noise_multiplier: float
     clip_norm: float
     secure_mode: bool = False
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "ew"
 
 
 @dataclass(frozen=True)
@@ -118,11 +116,6 @@ def _make_private(
 ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
     from opacus import PrivacyEngine
 
-    if dp.grad_sample_mode not in GRAD_SAMPLE_MODES:
-        raise FedVaultError(
-            f"unknown grad-sample-mode {dp.grad_sample_mode!r}: "
-            f"choose one of {', '.join(GRAD_SAMPLE_MODES)}"
-        )
     check_model(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -14,14 +14,15 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Any
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import opacus
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.accountant import IAccountant
 
 from privacy.errors import FedVaultError
+
+if TYPE_CHECKING:
+    from opacus.accountants.accountant import IAccountant
 
 MECHANISMS = ("poisson_subsampled_gaussian",)
 ADJACENCIES = ("add_remove",)
@@ -33,7 +34,9 @@ MAX_NOISE_MULTIPLIER = 100.0
 PRV_MAX_EPSILON = 50.0
 SIGMA_STEPS_PER_UNIT = 1000  # solved sigmas lie on a 0.001 grid
 
-_ACCOUNTANT_CLASSES: dict[str, type[IAccountant]] = {"prv": PRVAccountant, "rdp": RDPAccountant}
+# Opacus (and torch with it) is imported on first use, so importing this module stays cheap
+# for the CLI and for code that only needs the event types and constants.
+_OPACUS_CLASSES = {"prv": "PRVAccountant", "rdp": "RDPAccountant"}
 _ACCOUNTANT_BOUNDS = {
     "prv": "upper bound of the numerical PRV composition (Gopi et al. 2021), "
     "eps_error 0.01, delta_error delta/1000",
@@ -173,7 +176,7 @@ def accountant_info(name: str) -> dict[str, str]:
         "name": name,
         "implementation": "opacus",
         "class": f"opacus.accountants.{cls.__name__}",
-        "version": opacus.__version__,
+        "version": version("opacus"),
         "bound": _ACCOUNTANT_BOUNDS[name],
         "sampling": SAMPLING_ASSUMPTION,
         "adjacency": "add_remove",
@@ -181,9 +184,11 @@ def accountant_info(name: str) -> dict[str, str]:
 
 
 def _accountant_class(name: str) -> type[IAccountant]:
-    if name not in _ACCOUNTANT_CLASSES:
+    if name not in _OPACUS_CLASSES:
         raise FedVaultError(f"unknown accountant {name!r}; choose one of {', '.join(ACCOUNTANTS)}")
-    return _ACCOUNTANT_CLASSES[name]
+    from opacus import accountants
+
+    return getattr(accountants, _OPACUS_CLASSES[name])
 
 
 def _history(events: Sequence[PrivacyEvent]) -> list[tuple[float, float, int]]:
@@ -212,8 +217,8 @@ def compute_epsilon(events: Sequence[PrivacyEvent], delta: float, accountant: st
     if not events:
         return 0.0
     history = _history(events)
-    if cls is PRVAccountant:
-        rdp_epsilon = _opacus_epsilon(RDPAccountant, history, delta)
+    if accountant == "prv":
+        rdp_epsilon = _opacus_epsilon(_accountant_class("rdp"), history, delta)
         if rdp_epsilon > PRV_MAX_EPSILON:
             raise FedVaultError(
                 f"epsilon is {rdp_epsilon:.4g} under rdp, above {PRV_MAX_EPSILON:g} where the "

@@ -13,4 +13,4 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_federation(grid, RunSettings.from_config(dict(context.run_config)))
+    run_federation(grid, RunSettings.from_config(dict(context.run_config)), str(context.run_id))

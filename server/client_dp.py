@@ -65,6 +65,12 @@ class ClientLevelDp:
             else None
         )
 
+    def restore(self, rows: list[dict]) -> None:
+        """Continue from the run ledger's client_dp_round rows (after a server restart)."""
+        self.events = [ClientDpEvent.from_dict(row["event"]) for row in rows]
+        if self.clipper is not None and rows:
+            self.clipper.clip_norm = float(rows[-1]["next-clip-norm"])
+
     @property
     def clip_norm(self) -> float:
         return self.clipper.clip_norm if self.clipper else self.settings.client_dp_clip

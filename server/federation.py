@@ -22,6 +22,13 @@ from flwr.serverapp import Grid
 
 from privacy.errors import FedVaultError
 from privacy.ledger import Ledger
+from server.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    restore_strategy,
+    save_checkpoint,
+    strategy_state,
+)
 from server.client_dp import ClientLevelDp, RoundPlan, clip_and_sum
 from server.rundir import RunDirectory
 from server.secure_round import secure_train_round
@@ -56,19 +63,26 @@ def split_replies(replies: list[Message]) -> RoundReplies:
     return out
 
 
-def run_federation(grid: Grid, settings: RunSettings, progress: ProgressFn | None = None) -> dict:
-    """Run every round of one federated training run; return the final round's metrics."""
+def run_federation(
+    grid: Grid, settings: RunSettings, run_id: str, progress: ProgressFn | None = None
+) -> dict:
+    """Run (or, with `resume-run-id`, continue) a federated run; return the last metrics."""
     rundir = RunDirectory(settings.out)
-    rundir.start(settings.to_config())
+    resume = None
+    if settings.resume_run_id:
+        resume = load_checkpoint(rundir.path, settings.resume_run_id)
+        rundir.check_resumable(settings.to_config())
+        run_id = resume.run_id
+    rundir.start(settings.to_config(), run_id=run_id, resumed=resume is not None)
     ledger = Ledger.open(rundir.path / "run-ledger.sqlite", kind="run")
     try:
-        final = _rounds(grid, settings, rundir, ledger, progress)
+        final = _rounds(grid, settings, rundir, ledger, progress, run_id, resume)
     except BaseException as exc:
-        rundir.set_status("failed", error=str(exc) or type(exc).__name__)
+        rundir.set_status("failed", run_id=run_id, error=str(exc) or type(exc).__name__)
         raise
     finally:
         ledger.close()
-    rundir.set_status("completed", rounds=settings.num_rounds)
+    rundir.set_status("completed", run_id=run_id, rounds=final["round"])
     return final
 
 
@@ -89,19 +103,35 @@ def _rounds(
     rundir: RunDirectory,
     ledger: Ledger,
     progress: ProgressFn | None,
+    run_id: str,
+    resume: Checkpoint | None,
 ) -> dict:
     dataset = load_dataset(settings.task)
     torch.manual_seed(settings.task.seed)
-    model = build_model(settings.task.name, dataset.num_features, dataset.num_classes)
-    arrays = ArrayRecord(model.state_dict())
+    model = build_model(
+        settings.task.name, dataset.num_features, dataset.num_classes, private=settings.dp
+    )
     strategy = make_strategy(settings)
     train_config = ConfigRecord(settings.to_config())
     session = secrets.token_hex(8)
     client_dp = ClientLevelDp(settings) if settings.client_dp else None
-    loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
-    metrics: dict = {"round": 0, "test-loss": loss, "test-accuracy": accuracy}
-    rundir.add_round(metrics)
-    for server_round in range(1, settings.num_rounds + 1):
+    if resume is None:
+        loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
+        metrics: dict = {"round": 0, "test-loss": loss, "test-accuracy": accuracy}
+        rundir.add_round(metrics)
+        first_round = 1
+    else:
+        model.load_state_dict(resume.model)
+        restore_strategy(strategy, resume.strategy)
+        rundir.rounds = list(resume.metrics)
+        metrics = rundir.rounds[-1]
+        first_round = resume.round + 1
+        if client_dp is not None:
+            client_dp.restore([row.payload for row in ledger.rows("client_dp_round")])
+        ledger.append("resume", {"run-id": run_id, "from-round": resume.round})
+        log.warning("resuming run %s after round %d", run_id, resume.round)
+    arrays = ArrayRecord(model.state_dict())
+    for server_round in range(first_round, settings.num_rounds + 1):
         started = time.monotonic()
         messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
         plan = None
@@ -154,6 +184,13 @@ def _rounds(
         metrics.update({"test-loss": loss, "test-accuracy": accuracy})
         metrics["seconds"] = round(time.monotonic() - started, 3)
         rundir.add_round(metrics)
+        save_checkpoint(
+            rundir.path,
+            Checkpoint(
+                run_id, server_round, model.state_dict(), rundir.rounds, strategy_state(strategy)
+            ),
+        )
+        ledger.append("round_complete", {"round": server_round, "test-accuracy": accuracy})
         if progress:
             progress(metrics)
     rundir.save_model(model.state_dict())

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from privacy.atomic import atomic_path, atomic_write_text
+from privacy.errors import FedVaultError
 
 STATUS_FILE = "status.json"
 
@@ -28,10 +29,25 @@ class RunDirectory:
         self.path = Path(path)
         self.rounds: list[dict] = []
 
-    def start(self, config: dict) -> None:
+    def start(self, config: dict, run_id: str, resumed: bool = False) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        self.set_status("running")
-        self.write_json("config.json", config)
+        self.set_status("running", run_id=run_id, resumed=resumed)
+        if not resumed:
+            self.write_json("config.json", config)
+
+    def check_resumable(self, config: dict) -> None:
+        """A resumed run must be unfinished and keep the settings it started with."""
+        status = json.loads((self.path / STATUS_FILE).read_text())
+        if status["status"] == "completed":
+            raise FedVaultError(f"run in {self.path} already completed; nothing to resume")
+        before = json.loads((self.path / "config.json").read_text())
+        changed = sorted(
+            k
+            for k in set(before) | set(config)
+            if k != "resume-run-id" and before.get(k) != config.get(k)
+        )
+        if changed:
+            raise FedVaultError(f"settings differ from the run being resumed: {', '.join(changed)}")
 
     def set_status(self, status: str, **details: object) -> None:
         self.write_json(STATUS_FILE, {"status": status, "time": _now(), **details})

@@ -8,6 +8,7 @@ Ray is shut down when it returns, whatever happened.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from client.data import cached_dataset, partition_rows
 from privacy.atomic import atomic_write_text
 from privacy.errors import FedVaultError
 from server.federation import ProgressFn, run_federation
+from server.rundir import STATUS_FILE
 from simulations.scenario import Scenario
 from tasks.settings import RunSettings
 
@@ -35,14 +37,18 @@ OFFLINE_ENV = {
 }
 
 
-def prepare_run(scenario: Scenario, out: Path, sites_root: Path | None = None) -> RunSettings:
+def prepare_run(
+    scenario: Scenario, out: Path, sites_root: Path | None = None, resume: bool = False
+) -> RunSettings:
     """Validate settings and data, create the run and site directories; return the settings.
 
     Site state (ledgers, keys) lives under `sites_root`, by default inside the run directory;
     pointing several runs at one `sites_root` lets them spend one budget, as real sites do.
     A site directory that already has a site.toml keeps it: the site's own file wins.
     """
-    if out.exists() and any(out.iterdir()):
+    if resume:
+        scenario.run["resume-run-id"] = _run_id_of(out)
+    elif out.exists() and any(out.iterdir()):
         raise FedVaultError(f"output directory {out} exists and is not empty; choose another --out")
     if scenario.num_sites < 1:
         raise FedVaultError(f"number of sites must be positive, got {scenario.num_sites}")
@@ -68,12 +74,13 @@ def simulate(
     out: Path,
     progress: ProgressFn | None = None,
     sites_root: Path | None = None,
+    resume: bool = False,
 ) -> dict:
-    """Run the scenario; return the final round's metrics. Ray is always shut down."""
+    """Run the scenario (or continue the interrupted run in `out`); Ray is always shut down."""
     os.environ.update(OFFLINE_ENV)
     fresh = not out.exists()
     try:
-        settings = prepare_run(scenario, out, sites_root)
+        settings = prepare_run(scenario, out, sites_root, resume)
     except BaseException:
         if fresh:
             shutil.rmtree(out, ignore_errors=True)
@@ -84,7 +91,7 @@ def simulate(
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        result.update(run_federation(grid, settings, progress))
+        result.update(run_federation(grid, settings, str(context.run_id), progress))
 
     from flwr.simulation import run_simulation
 
@@ -134,6 +141,17 @@ def print_progress(num_rounds: int, echo: Callable[[str], None] = print) -> Prog
         echo("  ".join(parts))
 
     return report
+
+
+def _run_id_of(out: Path) -> str:
+    """The run id recorded in an interrupted run directory."""
+    try:
+        status = json.loads((out / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        raise FedVaultError(f"{out} is not a run directory (no readable {STATUS_FILE})") from None
+    if "run_id" not in status:
+        raise FedVaultError(f"{out}/{STATUS_FILE} records no run id")
+    return str(status["run_id"])
 
 
 def _shutdown_ray() -> None:

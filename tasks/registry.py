@@ -45,7 +45,7 @@ class TaskSettings:
             )
 
     def to_config(self) -> dict[str, str | int | float]:
-        return {f"task.{key}": value for key, value in asdict(self).items()}
+        return {f"task.{key.replace('_', '-')}": value for key, value in asdict(self).items()}
 
     @classmethod
     def from_config(cls, config: dict) -> TaskSettings:
@@ -96,10 +96,16 @@ def load_site_table(task: TaskSettings, path: str | Path) -> TabularDataset:
     )
 
 
-def build_model(task_name: str, num_features: int, num_classes: int) -> nn.Module:
-    """A fresh model for the task (same seed on every party gives the same weights)."""
+def build_model(
+    task_name: str, num_features: int, num_classes: int, private: bool = False
+) -> nn.Module:
+    """A fresh model for the task (same seed on every party gives the same weights).
+
+    `private` selects the task's DP-SGD variant where it has one; server and sites both
+    know from the run settings whether DP-SGD is on, so they build the same model.
+    """
     if task_name == "mnist1d":
-        return CNN1D(length=num_features, num_classes=num_classes)
+        return CNN1D(length=num_features, num_classes=num_classes, private=private)
     if task_name == "digits":
         return DigitsCNN(num_classes=num_classes)
     return MLP(num_features, num_classes)

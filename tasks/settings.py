@@ -17,6 +17,9 @@ from tasks.partition import PartitionSpec
 from tasks.registry import TaskSettings
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
+# Opacus per-sample gradient engines that train our models correctly (ghost clipping helps
+# only nn.Linear here and costs a second backward pass: docs/benchmarks.md).
+GRAD_SAMPLE_MODES = ("ew", "hooks", "functorch")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class RunSettings:
     delta: float = 1e-5
     accountant: str = "prv"
     secure_mode: bool = False
+    grad_sample_mode: str = "ew"
     secagg: bool = True
     secagg_neighbours: int = 0
     secagg_threshold: float = 2 / 3
@@ -64,6 +68,7 @@ class RunSettings:
     client_delta: float = 1e-5
     client_accountant: str = "rdp"
     sites_root: str = ""
+    resume_run_id: str = ""
 
     def __post_init__(self) -> None:
         PartitionSpec.parse(self.partition)
@@ -85,6 +90,11 @@ class RunSettings:
                 raise FedVaultError("clip-norm must be > 0")
             if not 0 < self.delta < 1:
                 raise FedVaultError("delta must be in (0, 1)")
+            if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+                raise FedVaultError(
+                    f"unknown grad-sample-mode {self.grad_sample_mode!r}: "
+                    f"choose one of {', '.join(GRAD_SAMPLE_MODES)}"
+                )
         if self.secagg:
             self.secagg_config()
         if self.client_dp:

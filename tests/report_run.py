@@ -38,19 +38,26 @@ def make_run(
 ) -> Path:
     """A completed run; `claim_offset` makes site-0 claim a wrong epsilon in its last round."""
     settings = RunSettings(
-        num_rounds=rounds, dp=dp, noise_multiplier=1.0 if dp else 0.0,
-        out=str(run_dir), sites_root=str(run_dir / "sites"),
+        num_rounds=rounds,
+        dp=dp,
+        noise_multiplier=1.0 if dp else 0.0,
+        out=str(run_dir),
+        sites_root=str(run_dir / "sites"),
     )
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(settings.to_config(), indent=2, sort_keys=True))
-    (run_dir / "status.json").write_text(json.dumps({"status": "completed", "time": "2026-01-01T00:00:00Z"}))
+    (run_dir / "status.json").write_text(
+        json.dumps({"status": "completed", "time": "2026-01-01T00:00:00Z"})
+    )
     metrics = [{"round": 0, "test-accuracy": 0.1, "test-loss": 2.3}]
     run_ledger = Ledger.open(run_dir / "run-ledger.sqlite", kind="run")
     site_ledgers = []
     for i in range(sites):
         fp = dataset_fingerprint(f"site-{i}".encode())
         ledger = Ledger.open(
-            run_dir / "sites" / f"site-{i}" / f"ledger-{fp[:16]}.sqlite", kind="site", fingerprint=fp
+            run_dir / "sites" / f"site-{i}" / f"ledger-{fp[:16]}.sqlite",
+            kind="site",
+            fingerprint=fp,
         )
         for r in range(1, prior_rounds + 1):
             record_dp_event(ledger, _event(i), run_id="earlier", server_round=r)
@@ -58,46 +65,97 @@ def make_run(
     for r in range(1, rounds + 1):
         run_ledger.append(
             "secagg_round",
-            {"round": r, "session": f"s/{r}", "sampled": sites, "contributors": sites,
-             "dropped": {}, "rejections": [], "aborted": "", "out-of-range": 0},
+            {
+                "round": r,
+                "session": f"s/{r}",
+                "sampled": sites,
+                "contributors": sites,
+                "dropped": {},
+                "rejections": [],
+                "aborted": "",
+                "out-of-range": 0,
+            },
         )
         for i, ledger in enumerate(site_ledgers):
             if anonymization and r == 1:
-                run_ledger.append("anonymization", {"site": f"site-{i}", "round": r, **anonymization})
+                run_ledger.append(
+                    "anonymization", {"site": f"site-{i}", "round": r, **anonymization}
+                )
             if not dp:
                 continue
             if refuse_round is not None and i == 1 and r >= refuse_round:
-                run_ledger.append("refusal", {"reason": "budget-exhausted", "site": "site-1",
-                                              "epsilon-spent": 7.5, "epsilon-after-round": 8.4,
-                                              "max-epsilon": MAX_EPSILON, "round": r})
+                run_ledger.append(
+                    "refusal",
+                    {
+                        "reason": "budget-exhausted",
+                        "site": "site-1",
+                        "epsilon-spent": 7.5,
+                        "epsilon-after-round": 8.4,
+                        "max-epsilon": MAX_EPSILON,
+                        "round": r,
+                    },
+                )
                 continue
             row = record_dp_event(ledger, _event(i), run_id=RUN_ID, server_round=r)
             history = [PrivacyEvent.from_dict(x.payload["event"]) for x in ledger.rows("dp_event")]
             epsilon = compute_epsilon(history, DELTA, "prv")
             if i == 0 and r == rounds:
                 epsilon += claim_offset
-            run_ledger.append("site_round", {
-                "site": f"site-{i}", "delta": DELTA, "max-epsilon": MAX_EPSILON,
-                "epsilon": epsilon, "epsilon-rdp": compute_epsilon(history, DELTA, "rdp"),
-                "accountant": "prv", "event": _event(i).to_dict(),
-                "events": [e.to_dict() for e in history], "ledger-head": row.row_hash,
-                "round": r,
-            })
+            run_ledger.append(
+                "site_round",
+                {
+                    "site": f"site-{i}",
+                    "delta": DELTA,
+                    "max-epsilon": MAX_EPSILON,
+                    "epsilon": epsilon,
+                    "epsilon-rdp": compute_epsilon(history, DELTA, "rdp"),
+                    "accountant": "prv",
+                    "event": _event(i).to_dict(),
+                    "events": [e.to_dict() for e in history],
+                    "ledger-head": row.row_hash,
+                    "round": r,
+                },
+            )
         if client_dp:
-            event = {"noise_multiplier": 1.5, "sampling": "none", "rounds": 1, "clip_norm": 0.5,
-                     "adaptive": False, "sampling_rate": None, "sample_size": None,
-                     "population": None, "count_noise_std": None}
+            event = {
+                "noise_multiplier": 1.5,
+                "sampling": "none",
+                "rounds": 1,
+                "clip_norm": 0.5,
+                "adaptive": False,
+                "sampling_rate": None,
+                "sample_size": None,
+                "population": None,
+                "count_noise_std": None,
+            }
             from privacy.client_dp import ClientDpEvent, client_level_epsilon
+
             events = [ClientDpEvent.from_dict(event)] * r
-            run_ledger.append("client_dp_round", {
-                "round": r, "noise-multiplier": 1.5, "clip-norm": 0.5, "sampling": "none",
-                "epsilon": client_level_epsilon(events, DELTA, "rdp"), "accountant": "rdp",
-                "delta": DELTA, "event": event,
-            })
-        metrics.append({"round": r, "test-accuracy": 0.1 + 0.2 * r, "test-loss": 2.0 / r,
-                        "client-eval-accuracy": 0.1 + 0.15 * r, "client-eval-loss": 2.1 / r,
-                        "train-loss": 2.2 / r, "sites-trained": sites, "sites-refused": 0,
-                        "sites-failed": 0})
+            run_ledger.append(
+                "client_dp_round",
+                {
+                    "round": r,
+                    "event": event,
+                    "epsilon": client_level_epsilon(events, DELTA, "rdp"),
+                    "accountant": "rdp",
+                    "delta": DELTA,
+                    "max-epsilon": 20.0,
+                    "noise-mode": "central",
+                },
+            )
+        metrics.append(
+            {
+                "round": r,
+                "test-accuracy": 0.1 + 0.2 * r,
+                "test-loss": 2.0 / r,
+                "client-eval-accuracy": 0.1 + 0.15 * r,
+                "client-eval-loss": 2.1 / r,
+                "train-loss": 2.2 / r,
+                "sites-trained": sites,
+                "sites-refused": 0,
+                "sites-failed": 0,
+            }
+        )
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     run_ledger.close()
     for ledger in site_ledgers:
@@ -106,4 +164,6 @@ def make_run(
 
 
 def _event(index: int) -> PrivacyEvent:
-    return PrivacyEvent(noise_multiplier=site_sigma(index), sample_rate=0.05, steps=40, clip_norm=1.0)
+    return PrivacyEvent(
+        noise_multiplier=site_sigma(index), sample_rate=0.05, steps=40, clip_norm=1.0
+    )

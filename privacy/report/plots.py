@@ -77,13 +77,25 @@ def utility_plot(utility: dict[str, Any]) -> bytes | None:
     fig = _figure()
     ax = fig.add_subplot()
     x = [r["round"] for r in rounds]
-    ax.plot(x, [r["test_accuracy"] for r in rounds], marker="o", color=COLORS[0],
-            label="global model, server test set")
-    client = [(r["round"], r["client_eval_accuracy"]) for r in rounds
-              if r["client_eval_accuracy"] is not None]
+    ax.plot(
+        x,
+        [r["test_accuracy"] for r in rounds],
+        marker="o",
+        color=COLORS[0],
+        label="global model, server test set",
+    )
+    client = [
+        (r["round"], r["client_eval_accuracy"])
+        for r in rounds
+        if r["client_eval_accuracy"] is not None
+    ]
     if client:
-        ax.plot(*zip(*client, strict=True), marker="s", color=COLORS[1],
-                label="sites' validation data (weighted mean)")
+        ax.plot(
+            *zip(*client, strict=True),
+            marker="s",
+            color=COLORS[1],
+            label="sites' validation data (weighted mean)",
+        )
     ax.set_ylim(0, 1)
     ax.xaxis.get_major_locator().set_params(integer=True)
     _style(ax, "round (0 = initial model)", "accuracy")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 TEMPLATES = Path(__file__).parent / "templates"
+MISSING = "\N{EN DASH}"
 
 
 def _missing(value: Any) -> bool:
@@ -21,7 +22,7 @@ def _missing(value: Any) -> bool:
 
 def _num(value: Any, digits: int = 2) -> str:
     if _missing(value):
-        return "–"
+        return MISSING
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -32,15 +33,15 @@ def _eps(value: Any) -> str:
 
 
 def _delta(value: Any) -> str:
-    return "–" if _missing(value) else f"{value:g}".replace("e-0", "e-")
+    return MISSING if _missing(value) else f"{value:g}".replace("e-0", "e-")
 
 
 def _pct(value: Any, digits: int = 1) -> str:
-    return "–" if _missing(value) else f"{100 * value:.{digits}f}%"
+    return MISSING if _missing(value) else f"{100 * value:.{digits}f}%"
 
 
 def _dash(value: Any) -> str:
-    return "–" if value is None else str(value)
+    return MISSING if value is None else str(value)
 
 
 def max_claimed_epsilon(report: dict[str, Any]) -> float | None:

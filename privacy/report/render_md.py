@@ -39,25 +39,54 @@ def render_md(report: dict[str, Any]) -> str:
         out += _table(
             ["site", "epsilon", "epsilon (RDP)", "delta", "limit", "left", "rounds", "refusals"],
             [
-                [s["site"], _eps(s["epsilon"]), _eps(s["epsilon_rdp"]), _delta(s["delta"]),
-                 _eps(s["max_epsilon"]), _eps(s["epsilon_remaining"]), s["rounds_trained"],
-                 ", ".join(f"round {x['round']}" for x in s["refusals"]) or "none"]
+                [
+                    s["site"],
+                    _eps(s["epsilon"]),
+                    _eps(s["epsilon_rdp"]),
+                    _delta(s["delta"]),
+                    _eps(s["max_epsilon"]),
+                    _eps(s["epsilon_remaining"]),
+                    s["rounds_trained"],
+                    ", ".join(f"round {x['round']}" for x in s["refusals"]) or "none",
+                ]
                 for s in dp["sites"]
             ],
         )
         for s in dp["sites"]:
             if s["rounds"]:
-                out += [f"### {s['site']}", ""] + _table(
-                    ["round", "sigma", "C", "q", "steps", "epochs", "eps round", "eps cumulative",
-                     "claim"],
-                    [
-                        [x["round"], _num(x["noise_multiplier"]), _num(x["clip_norm"]),
-                         _num(x["sample_rate"], 4), x["steps"], _num(x["epochs"]),
-                         _eps(x["epsilon_round"]), _eps(x["epsilon_cumulative"]),
-                         "matches" if x["claim_matches"] else f"MISMATCH ({x['claimed_epsilon']})"]
-                        for x in s["rounds"]
-                    ],
-                )
+                out += [
+                    f"### {s['site']}",
+                    "",
+                    *_table(
+                        [
+                            "round",
+                            "sigma",
+                            "C",
+                            "q",
+                            "steps",
+                            "epochs",
+                            "eps round",
+                            "eps cumulative",
+                            "claim",
+                        ],
+                        [
+                            [
+                                x["round"],
+                                _num(x["noise_multiplier"]),
+                                _num(x["clip_norm"]),
+                                _num(x["sample_rate"], 4),
+                                x["steps"],
+                                _num(x["epochs"]),
+                                _eps(x["epsilon_round"]),
+                                _eps(x["epsilon_cumulative"]),
+                                "matches"
+                                if x["claim_matches"]
+                                else f"MISMATCH ({x['claimed_epsilon']})",
+                            ]
+                            for x in s["rounds"]
+                        ],
+                    ),
+                ]
     else:
         out += ["No differential privacy.", ""]
     sa = r["secure_aggregation"]
@@ -65,35 +94,71 @@ def render_md(report: dict[str, Any]) -> str:
     if sa["enabled"]:
         out += _table(
             ["round", "sampled", "contributors", "dropouts", "aborted", "out of range"],
-            [[x["round"], x["sampled"], x["contributors"], x["dropouts"], x["aborted"] or "no",
-              x["out_of_range"]] for x in sa["rounds"]],
+            [
+                [
+                    x["round"],
+                    x["sampled"],
+                    x["contributors"],
+                    x["dropouts"],
+                    x["aborted"] or "no",
+                    x["out_of_range"],
+                ]
+                for x in sa["rounds"]
+            ],
         )
     else:
         out += ["Off: the server saw each site's update.", ""]
     if r["anonymization"]:
-        out += ["## Anonymization", ""] + _table(
-            ["site", "k", "l", "t", "suppressed"],
-            [[a["site"], a["achieved"].get("k"), a["achieved"].get("l_distinct"),
-              _num(a["achieved"].get("t"), 3), a["suppressed_records"]]
-             for a in r["anonymization"]],
-        )
-    out += ["## Model utility", ""] + _table(
-        ["round", "test accuracy", "site eval accuracy"],
-        [[x["round"], _pct(x["test_accuracy"]), _pct(x["client_eval_accuracy"])]
-         for x in r["utility"]["rounds"]],
-    )
+        out += [
+            "## Anonymization",
+            "",
+            *_table(
+                ["site", "k", "l", "t", "suppressed"],
+                [
+                    [
+                        a["site"],
+                        a["achieved"].get("k"),
+                        a["achieved"].get("l_distinct"),
+                        _num(a["achieved"].get("t"), 3),
+                        a["suppressed_records"],
+                    ]
+                    for a in r["anonymization"]
+                ],
+            ),
+        ]
+    out += [
+        "## Model utility",
+        "",
+        *_table(
+            ["round", "test accuracy", "site eval accuracy"],
+            [
+                [x["round"], _pct(x["test_accuracy"]), _pct(x["client_eval_accuracy"])]
+                for x in r["utility"]["rounds"]
+            ],
+        ),
+    ]
     audit = r["audit"]
     if audit:
         out += ["## Empirical audit", "", f"{audit['eps_lb_label']}.", ""]
-        out += [f"- AUC {audit['auc']:.3f}; epsilon lower bound {_eps(audit['eps_lb'])} "
-                f"(accounted upper bound {_eps(max_claimed_epsilon(r))})"]
+        out += [
+            f"- AUC {audit['auc']:.3f}; epsilon lower bound {_eps(audit['eps_lb'])} "
+            f"(accounted upper bound {_eps(max_claimed_epsilon(r))})"
+        ]
         out += [f"- TPR at {_pct(x['fpr'], 1)} FPR: {_pct(x['tpr'], 2)}" for x in audit["low_fpr"]]
         out.append("")
     integrity = r["integrity"]
-    out += ["## Integrity", "", f"- run ledger: {integrity['run_ledger']['rows']} rows, head "
-            f"`{integrity['run_ledger']['head']}`"]
-    out += [f"- {x['file']}: {x['rows']} rows, head `{x['head']}`" for x in integrity["site_ledgers"]]
+    out += [
+        "## Integrity",
+        "",
+        f"- run ledger: {integrity['run_ledger']['rows']} rows, head "
+        f"`{integrity['run_ledger']['head']}`",
+    ]
+    out += [
+        f"- {x['file']}: {x['rows']} rows, head `{x['head']}`" for x in integrity["site_ledgers"]
+    ]
     if integrity["signature"]:
-        out.append(f"- signed {integrity['signature']['algorithm']}, key sha256 "
-                   f"`{integrity['signature']['public_key_sha256']}`")
+        out.append(
+            f"- signed {integrity['signature']['algorithm']}, key sha256 "
+            f"`{integrity['signature']['public_key_sha256']}`"
+        )
     return "\n".join(out) + "\n"

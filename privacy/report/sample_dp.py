@@ -87,7 +87,12 @@ def _site_round(
         delta, accountant = float(p["delta"]), str(p["accountant"])
     except (KeyError, TypeError, ValueError, FedVaultError) as exc:
         raise FedVaultError(f"run ledger row {row.seq} ({where}) is malformed: {exc}") from None
-    events, source, run_id, site_ledger = claimed_events, "run ledger (as reported by the site)", None, None
+    events, source, run_id, site_ledger = (
+        claimed_events,
+        "run ledger (as reported by the site)",
+        None,
+        None,
+    )
     found = _ledger_prefix(ledgers, str(p.get("ledger-head", "")))
     if found is not None:
         ledger, head_row = found
@@ -96,7 +101,11 @@ def _site_round(
             for r in ledger.rows
             if r.kind == DP_EVENT and r.seq <= head_row.seq
         ]
-        source, run_id, site_ledger = f"site ledger {ledger.file}", head_row.payload.get("run_id"), ledger.file
+        source, run_id, site_ledger = (
+            f"site ledger {ledger.file}",
+            head_row.payload.get("run_id"),
+            ledger.file,
+        )
         if events != claimed_events:
             findings.append(
                 _finding("error", f"{where}: the events the site reported differ from its ledger")
@@ -229,7 +238,7 @@ def sample_level(
                 "refusals": [_refusal(r) for r in refusals.get(site, [])],
             }
         )
-    for key, message in epsilon.errors.items():
+    for message in epsilon.errors.values():
         findings.append(_finding("warning", f"epsilon not computed for one history: {message}"))
     return {
         "enabled": enabled,

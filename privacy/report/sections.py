@@ -7,6 +7,7 @@ renderers only present it.
 
 from __future__ import annotations
 
+import math
 import platform
 from importlib import metadata
 from typing import Any
@@ -29,27 +30,31 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+_CLIENT_ROW_KEYS = ("round", "noise-multiplier", "clip-norm", "sampling", "epsilon", "event")
+
+
 def client_level(inputs: RunInputs, findings: list[dict[str, str]]) -> dict[str, Any]:
-    """Client-level DP ("client_dp_round" rows), recomputed when the rows carry their event."""
+    """Client-level DP ("client_dp_round" rows), recomputed when the rows carry their event.
+
+    sigma, C and the sampling scheme come from the row's `event` (a `ClientDpEvent` dict), or
+    from top-level "noise-multiplier" / "clip-norm" / "sampling" keys of rows without one.
+    """
     rows = inputs.rows("client_dp_round")
     if not rows:
         return {"enabled": False}
     rounds = []
     for row in rows:
         p = row.payload
+        event = p.get("event") if isinstance(p.get("event"), dict) else {}
         rounds.append(
             {
                 "round": p.get("round"),
-                "noise_multiplier": p.get("noise-multiplier"),
-                "clip_norm": p.get("clip-norm"),
-                "sampling": p.get("sampling"),
+                "noise_multiplier": event.get("noise_multiplier", p.get("noise-multiplier")),
+                "clip_norm": event.get("clip_norm", p.get("clip-norm")),
+                "sampling": event.get("sampling", p.get("sampling")),
                 "claimed_epsilon": p.get("epsilon"),
                 "epsilon": None,
-                "details": {
-                    k: v
-                    for k, v in p.items()
-                    if k not in ("round", "noise-multiplier", "clip-norm", "sampling", "epsilon")
-                },
+                "details": {k: v for k, v in p.items() if k not in _CLIENT_ROW_KEYS},
             }
         )
     accountant, delta = _client_accountant(rows, inputs)
@@ -66,10 +71,18 @@ def client_level(inputs: RunInputs, findings: list[dict[str, str]]) -> dict[str,
     return {
         "enabled": True,
         "unit_of_privacy": "one site (all of its records)",
-        "accountant": {"name": accountant, "implementation": "dp-accounting",
-                       "version": _version("dp-accounting")},
+        "accountant": {
+            "name": accountant,
+            "implementation": "dp-accounting",
+            "version": _version("dp-accounting"),
+        },
         "delta": delta,
+        "max_epsilon": rows[-1].payload.get("max-epsilon"),
         "rounds": rounds,
+        "stopped": [
+            {"round": row.payload.get("round"), "reason": row.payload.get("reason")}
+            for row in inputs.rows("client_dp_stop")
+        ],
     }
 
 
@@ -83,24 +96,32 @@ def _client_accountant(rows: list, inputs: RunInputs) -> tuple[str, float]:
 def _recompute_client_level(
     rows: list, rounds: list[dict], accountant: str, delta: float, findings: list
 ) -> None:
+    """Fill `epsilon` of each round (null when unbounded: no noise) and flag wrong claims."""
     from privacy.client_dp import ClientDpEvent, client_level_epsilon
 
     events = []
     for row, record in zip(rows, rounds, strict=True):
         try:
             events.append(ClientDpEvent.from_dict(row.payload["event"]))
-            record["epsilon"] = client_level_epsilon(events, delta, accountant)
+            value = client_level_epsilon(events, delta, accountant)
         except (FedVaultError, TypeError) as exc:
-            raise FedVaultError(f"run ledger row {row.seq} (client DP) is malformed: {exc}") from None
+            raise FedVaultError(
+                f"run ledger row {row.seq} (client DP) is malformed: {exc}"
+            ) from None
+        record["epsilon"] = value if math.isfinite(value) else None
         claimed = record["claimed_epsilon"]
-        if not isinstance(claimed, int | float) or abs(claimed - record["epsilon"]) > (
-            CLAIM_TOLERANCE * max(1.0, record["epsilon"])
+        if claimed is None and record["epsilon"] is None:
+            continue
+        if (
+            not isinstance(claimed, int | float)
+            or record["epsilon"] is None
+            or abs(claimed - value) > CLAIM_TOLERANCE * max(1.0, value)
         ):
             findings.append(
                 {
                     "severity": "error",
                     "message": f"client-level DP round {record['round']}: claimed epsilon "
-                    f"{claimed} but the events give {record['epsilon']:.6g}",
+                    f"{claimed} but the events give {value:.6g}",
                 }
             )
 

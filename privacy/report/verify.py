@@ -17,7 +17,7 @@ from typing import Any
 
 from privacy.errors import FedVaultError
 from privacy.ledger import Ledger
-from privacy.report.inputs import RUN_LEDGER, chain_problem, display_path, sites_root
+from privacy.report.inputs import RUN_LEDGER, chain_problem, sites_root
 from privacy.report.model import build_report
 from privacy.report.signing import (
     fingerprint,
@@ -44,9 +44,12 @@ def _recorded_prefix(run_dir: Path, record: dict[str, Any], kind: str, exact: bo
     path = run_dir / name
     if not path.is_file():
         return f"{name}: missing (report.json records {record.get('rows')} rows)"
-    with Ledger.open(path, kind, create=False, verify_chain=False) as ledger:
-        rows = ledger.rows()
-    recorded = int(record.get("rows", -1))
+    try:
+        with Ledger.open(path, kind, create=False, verify_chain=False) as ledger:
+            rows = ledger.rows()
+        recorded = int(record.get("rows", -1))
+    except (FedVaultError, TypeError, ValueError) as exc:
+        return f"{name}: cannot check the recorded rows ({exc})"
     if len(rows) < recorded or (exact and len(rows) != recorded):
         return (
             f"{name}: has {len(rows)} rows, report.json records {recorded} "
@@ -71,11 +74,18 @@ def _differences(stored: Any, fresh: Any, path: str = "") -> list[str]:
     if isinstance(stored, list) and isinstance(fresh, list):
         if len(stored) != len(fresh):
             return [f"{path} has {len(stored)} entries, the ledgers give {len(fresh)}"]
-        return [d for i, (a, b) in enumerate(zip(stored, fresh, strict=True))
-                for d in _differences(a, b, f"{path}[{i}]")]
+        return [
+            d
+            for i, (a, b) in enumerate(zip(stored, fresh, strict=True))
+            for d in _differences(a, b, f"{path}[{i}]")
+        ]
     numbers = (int, float)
-    if (isinstance(stored, numbers) and isinstance(fresh, numbers)
-            and not isinstance(stored, bool) and not isinstance(fresh, bool)):
+    if (
+        isinstance(stored, numbers)
+        and isinstance(fresh, numbers)
+        and not isinstance(stored, bool)
+        and not isinstance(fresh, bool)
+    ):
         if math.isclose(stored, fresh, rel_tol=FLOAT_TOLERANCE, abs_tol=1e-12):
             return []
     elif stored == fresh:
@@ -83,7 +93,9 @@ def _differences(stored: Any, fresh: Any, path: str = "") -> list[str]:
     return [f"{path} is {json.dumps(stored)[:60]}, the ledgers give {json.dumps(fresh)[:60]}"]
 
 
-def _signature_problems(run_dir: Path, data: bytes, stored: dict, public_key: Path | None) -> list[str]:
+def _signature_problems(
+    run_dir: Path, data: bytes, stored: dict, public_key: Path | None
+) -> list[str]:
     record = (stored.get("integrity") or {}).get("signature")
     if not record:
         return ["report.json is not signed (no integrity.signature)"]
@@ -130,15 +142,17 @@ def verify_run(run_dir: Path, public_key: Path | None = None) -> list[str]:
     if not isinstance(stored, dict):
         return ["report.json: not a JSON object"]
     problems = [
-        p for path, kind in _ledger_files(run_dir, config)
+        p
+        for path, kind in _ledger_files(run_dir, config)
         if (p := chain_problem(path, run_dir, kind))
     ]
     integrity = stored.get("integrity") or {}
     if not problems:
         recorded = [(integrity.get("run_ledger") or {}, "run", True)]
         recorded += [(r, "site", False) for r in integrity.get("site_ledgers") or []]
-        problems += [p for rec, kind, exact in recorded
-                     if (p := _recorded_prefix(run_dir, rec, kind, exact))]
+        problems += [
+            p for rec, kind, exact in recorded if (p := _recorded_prefix(run_dir, rec, kind, exact))
+        ]
     try:
         problems += _signature_problems(run_dir, data, stored, public_key)
     except FedVaultError as exc:
