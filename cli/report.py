@@ -10,16 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 FORMATS = {"html": ("html",), "json": (), "md": ("md",), "all": ("html", "md")}
-
-
-def default_signing_key() -> Path:
-    """$FEDVAULT_HOME/server/signing.key (FEDVAULT_HOME defaults to ~/.fedvault)."""
-    home = Path(os.environ.get("FEDVAULT_HOME") or Path.home() / ".fedvault")
-    return home / "server" / "signing.key"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.public_key is not None:
         raise FedVaultError("--public-key is only used with --verify")
+    from privacy.report.signing import default_signing_key
+
     key_path = args.signing_key or default_signing_key()
     audit = _previous_audit(args.run_dir, key_path)
     report = write_report(

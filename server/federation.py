@@ -22,6 +22,8 @@ from flwr.serverapp import Grid
 
 from privacy.errors import FedVaultError
 from privacy.ledger import Ledger
+from privacy.report import write_report
+from privacy.report.signing import default_signing_key
 from server.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -63,10 +65,21 @@ def split_replies(replies: list[Message]) -> RoundReplies:
     return out
 
 
+AuditFn = Callable[[torch.nn.Module], dict | None]
+
+
 def run_federation(
-    grid: Grid, settings: RunSettings, run_id: str, progress: ProgressFn | None = None
+    grid: Grid,
+    settings: RunSettings,
+    run_id: str,
+    progress: ProgressFn | None = None,
+    audit: AuditFn | None = None,
 ) -> dict:
-    """Run (or, with `resume-run-id`, continue) a federated run; return the last metrics."""
+    """Run (or, with `resume-run-id`, continue) a federated run; return the last metrics.
+
+    The run ends with its signed privacy-budget report; `audit` (simulations only: it needs
+    the sites' training rows) adds the empirical membership-inference audit of the model.
+    """
     rundir = RunDirectory(settings.out)
     resume = None
     if settings.resume_run_id:
@@ -76,13 +89,15 @@ def run_federation(
     rundir.start(settings.to_config(), run_id=run_id, resumed=resume is not None)
     ledger = Ledger.open(rundir.path / "run-ledger.sqlite", kind="run")
     try:
-        final = _rounds(grid, settings, rundir, ledger, progress, run_id, resume)
+        final, model = _rounds(grid, settings, rundir, ledger, progress, run_id, resume)
     except BaseException as exc:
         rundir.set_status("failed", run_id=run_id, error=str(exc) or type(exc).__name__)
         raise
     finally:
         ledger.close()
+    audit_result = audit(model) if audit else None
     rundir.set_status("completed", run_id=run_id, rounds=final["round"])
+    write_report(rundir.path, signing_key_path=default_signing_key(), audit=audit_result)
     return final
 
 
@@ -105,7 +120,7 @@ def _rounds(
     progress: ProgressFn | None,
     run_id: str,
     resume: Checkpoint | None,
-) -> dict:
+) -> tuple[dict, torch.nn.Module]:
     dataset = load_dataset(settings.task)
     torch.manual_seed(settings.task.seed)
     model = build_model(
@@ -194,7 +209,7 @@ def _rounds(
         if progress:
             progress(metrics)
     rundir.save_model(model.state_dict())
-    return metrics
+    return metrics, model
 
 
 def _train_messages(node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord) -> list:

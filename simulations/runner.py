@@ -25,6 +25,7 @@ from privacy.atomic import atomic_write_text
 from privacy.errors import FedVaultError
 from server.federation import ProgressFn, run_federation
 from server.rundir import STATUS_FILE
+from simulations.audit import audit_model
 from simulations.scenario import Scenario
 from tasks.settings import RunSettings
 
@@ -91,7 +92,15 @@ def simulate(
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        result.update(run_federation(grid, settings, str(context.run_id), progress))
+        result.update(
+            run_federation(
+                grid,
+                settings,
+                str(context.run_id),
+                progress,
+                audit=lambda model: audit_model(settings, scenario.num_sites, model),
+            )
+        )
 
     from flwr.simulation import run_simulation
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -21,6 +22,12 @@ from privacy.atomic import atomic_write_bytes
 from privacy.errors import FedVaultError
 
 ALGORITHM = "Ed25519"
+
+
+def default_signing_key() -> Path:
+    """$FEDVAULT_HOME/server/signing.key (FEDVAULT_HOME defaults to ~/.fedvault)."""
+    home = Path(os.environ.get("FEDVAULT_HOME") or Path.home() / ".fedvault")
+    return home / "server" / "signing.key"
 
 
 def public_key_path(key_path: Path) -> Path:
