@@ -5,7 +5,10 @@ spawns the ServerApp/ClientApp processes), some in new sessions, and those only 
 vanished parent by polling. So each child starts in its own process group, this process
 becomes a child subreaper (orphaned descendants are re-parented here, not to init), and
 stopping sends SIGTERM to every group, waits, then SIGKILLs whatever descendant is left.
-Children's output is streamed line by line with a name prefix.
+If this process itself is killed outright (SIGKILL, OOM killer), nothing can run here:
+each direct child is then sent SIGKILL by the kernel (Linux parent-death signal), and
+Flower's own helpers notice their vanished parent, so no SuperLink or nginx keeps holding
+the ports. Children's output is streamed line by line with a name prefix.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import TextIO
 from privacy.certs import format_address
 from privacy.errors import FedVaultError
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 STOP_GRACE_S = 10.0
 FLOWER_ENV = {
@@ -121,6 +125,26 @@ def become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get SIGKILL when this process dies (Linux).
+
+    None where prctl is unavailable. The check after prctl covers a parent that died
+    between fork and prctl (the child would otherwise never get the signal).
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
+
+
 @dataclass
 class Child:
     """One supervised process and the tail of its output."""
@@ -196,6 +220,7 @@ class Supervisor:
             errors="replace",
             env=dict(env),
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         child = Child(name, process)
         self.children.append(child)

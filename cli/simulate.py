@@ -80,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
     sites = Path(args.sites) if args.sites else None
     final = simulate(scenario, out, print_progress(rounds), sites, resume=args.resume)
     print(f"fedvault: done, test accuracy {final['test-accuracy']:.4f}; run directory {out}")
-    print(
-        f"fedvault: privacy-budget report {out / 'report.html'} (verify: fedvault report --verify {out})"
-    )
+    print(f"fedvault: privacy-budget report {out / 'report.html'}")
+    print(f"fedvault: check it with: fedvault report --verify {out}")
     return 0

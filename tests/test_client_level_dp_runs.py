@@ -81,26 +81,23 @@ def independent_epsilon(events: list[dict], delta: float) -> float:
     return accountant.get_epsilon(delta)
 
 
-@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
-def test_client_epsilon_in_the_ledger_matches_dp_accounting(tmp_path, sampling):
-    out = run(
-        tmp_path,
-        sampling,
-        sites=5,
-        **{
-            "num-rounds": 3,
-            "secagg": False,
-            "client-dp-noise": 1.5,
-            "client-sampling": sampling,
-            "client-sampling-rate": 0.6,
-        },
-    )
-    rows = ledger_rows(out, "client_dp_round")
-    assert len(rows) == 3
+def assert_epsilons_match_dp_accounting(rows: list[dict]) -> None:
     for index, row in enumerate(rows):
         events = [r["event"] for r in rows[: index + 1]]
-        assert row["event"]["sampling"] == ("poisson" if sampling == "poisson" else "none")
         assert row["epsilon"] == pytest.approx(independent_epsilon(events, 1e-5), rel=1e-6)
+
+
+def test_client_epsilon_with_poisson_sampling_matches_dp_accounting(tmp_path):
+    settings = {
+        "num-rounds": 3,
+        "secagg": False,
+        "client-dp-noise": 1.5,
+        "client-sampling": "poisson",
+        "client-sampling-rate": 0.6,
+    }
+    rows = ledger_rows(run(tmp_path, "poisson", sites=5, **settings), "client_dp_round")
+    assert len(rows) == 3 and all(r["event"]["sampling"] == "poisson" for r in rows)
+    assert_epsilons_match_dp_accounting(rows)
 
 
 def test_run_stops_before_the_release_that_would_pass_the_max(tmp_path):
@@ -113,6 +110,8 @@ def test_run_stops_before_the_release_that_would_pass_the_max(tmp_path):
     )
     rows = ledger_rows(out, "client_dp_round")
     assert len(rows) == 2 and rows[-1]["epsilon"] <= limit
+    assert all(r["event"]["sampling"] == "none" for r in rows)  # every site, every round
+    assert_epsilons_match_dp_accounting(rows)
     stops = ledger_rows(out, "client_dp_stop")
     assert len(stops) == 1 and stops[0]["round"] == 3
     assert len(json.loads((out / "metrics.json").read_text())) == 3  # round 0, 1, 2
