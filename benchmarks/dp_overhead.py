@@ -10,8 +10,8 @@ A mode is only worth making the default if it computes the same thing, so the sc
 checks every mode against an explicit per-example loop: per-sample gradient norms and the
 clipped, averaged gradient of one noiseless step must agree.
 
-    PYTHONPATH=. python benchmarks/dp_overhead.py       # batch 32 and 512, 7 repetitions
-    PYTHONPATH=. python benchmarks/dp_overhead.py --batch-sizes 512 --channels 16
+    python -m benchmarks.dp_overhead       # batch 32 and 512, 7 repetitions
+    python -m benchmarks.dp_overhead --batch-sizes 512 --private-model
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ SITE_RECORDS = 1800
 CLIP_NORM = 1.0
 
 
-def make_model(channels: int, seed: int = 0) -> nn.Module:
+def make_model(private: bool, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return CNN1D(channels=channels)
+    return CNN1D(private=private)
 
 
 def _private(
@@ -67,10 +67,10 @@ def _private(
 
 
 def time_epoch(
-    channels: int, x: torch.Tensor, y: torch.Tensor, batch_size: int, mode: str | None
+    private: bool, x: torch.Tensor, y: torch.Tensor, batch_size: int, mode: str | None
 ) -> float:
     """Seconds for one local epoch (Opacus wrapping included), as a site's round runs it."""
-    model = make_model(channels)
+    model = make_model(private)
     start = time.perf_counter()
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
     if mode is None:
@@ -108,10 +108,10 @@ def reference_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple:
     return torch.stack(norms), [c / len(x) for c in clipped]
 
 
-def check_mode(channels: int, x: torch.Tensor, y: torch.Tensor, mode: str) -> tuple[float, float]:
+def check_mode(private: bool, x: torch.Tensor, y: torch.Tensor, mode: str) -> tuple[float, float]:
     """Max relative error of the mode's per-sample norms and clipped gradient vs the loop."""
-    ref_norms, ref_grad = reference_step(make_model(channels), x, y)
-    model = make_model(channels)
+    ref_norms, ref_grad = reference_step(make_model(private), x, y)
+    model = make_model(private)
     before = [p.detach().clone() for p in model.parameters()]
     loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
     module, optimizer, criterion, loader = _private(
@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 512])
     parser.add_argument("--repeats", type=int, default=7, help="interleaved repetitions")
-    parser.add_argument("--channels", type=int, default=32, help="CNN1D channel count")
+    parser.add_argument(
+        "--private-model",
+        action="store_true",
+        help="the DP variant of CNN1D (16 channels, tanh) instead of the plain one",
+    )
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
@@ -147,23 +151,23 @@ def main(argv: list[str] | None = None) -> int:
     data = load_mnist1d(20000, 5000, 0)
     x = torch.from_numpy(data.x_train[:SITE_RECORDS])
     y = torch.from_numpy(data.y_train[:SITE_RECORDS])
-    params = sum(p.numel() for p in make_model(args.channels).parameters())
-    print(f"CNN1D(channels={args.channels}): {params} parameters; {SITE_RECORDS} records/site; ")
+    params = sum(p.numel() for p in make_model(args.private_model).parameters())
+    print(f"CNN1D(private={args.private_model}): {params} parameters; {SITE_RECORDS} records")
     print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
 
     print("| mode | max rel. err. per-sample norm | max rel. err. clipped gradient |")
     print("|---|---|---|")
     for mode in args.modes:
-        norm_err, grad_err = check_mode(args.channels, x[:16], y[:16], mode)
+        norm_err, grad_err = check_mode(args.private_model, x[:16], y[:16], mode)
         print(f"| {mode} | {norm_err:.1e} | {grad_err:.1e} |")
 
     for batch_size in args.batch_sizes:
         times: dict[str | None, list[float]] = {m: [] for m in (None, *args.modes)}
         for mode in times:  # warm-up: first calls pay for imports and allocator growth
-            time_epoch(args.channels, x, y, batch_size, mode)
+            time_epoch(args.private_model, x, y, batch_size, mode)
         for _ in range(args.repeats):
             for mode in times:
-                times[mode].append(time_epoch(args.channels, x, y, batch_size, mode))
+                times[mode].append(time_epoch(args.private_model, x, y, batch_size, mode))
         base = times[None]
         print(f"\nbatch {batch_size}, one epoch of {SITE_RECORDS} records, {args.repeats} reps")
         print("| mode | median s/epoch | median ratio DP / no DP |")

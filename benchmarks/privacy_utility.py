@@ -8,9 +8,9 @@ after the other, with `client.training.train` (Opacus, Poisson sampling) and the
 weighted average, so the table takes minutes without Ray; epsilon is recomputed from the
 events that actually ran, under both accountants.
 
-    PYTHONPATH=. python benchmarks/privacy_utility.py          # full table, ~20 min on 2 cores
-    PYTHONPATH=. python benchmarks/privacy_utility.py --quick  # IID, epsilon 3, 3 rounds
-    PYTHONPATH=. python benchmarks/privacy_utility.py --rounds 5 --sites 5 --out table.md
+    python -m benchmarks.privacy_utility          # full table, ~20 min on 2 cores
+    python -m benchmarks.privacy_utility --quick  # IID, epsilon 3, 3 rounds
+    python -m benchmarks.privacy_utility --rounds 5 --sites 5 --out table.md
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def run_federation(
 
 
 def markdown(rows: list[Row], rounds: int, num_sites: int) -> str:
-    """The table as docs/dp-benchmarks.md shows it."""
+    """The table as docs/benchmarks.md shows it."""
     lines = [
         f"mnist1d, {num_sites} sites, {rounds} rounds, delta {DELTA:g}, per-site epsilon over "
         f"the whole run (add/remove adjacency, Poisson sampling); torch "

@@ -7,8 +7,8 @@ mean per client over all stages. Flower's
 legacy `SecAggPlusWorkflow` + `secaggplus_mod` run unmodified behind an in-process Grid that
 deep-copies each message (as serialisation would; the copies are not counted).
 
-    python benchmarks/secagg.py                 # n = 10, 50, 100; about a minute
-    python benchmarks/secagg.py --sizes 10 20 --dim 5000 --no-legacy
+    python -m benchmarks.secagg                 # n = 10, 50, 100; about a minute
+    python -m benchmarks.secagg --sizes 10 20 --dim 5000 --no-legacy
 """
 
 from __future__ import annotations
