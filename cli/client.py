@@ -71,7 +71,7 @@ def _client(args: argparse.Namespace) -> int:
             node,
             lambda: any(CONNECTED_MARK in line for line in node.output()),
             args.connect_timeout,
-            "connection to the server",
+            f"connection to the server at {settings.server}",
             on_exit=_rejected(fingerprint),
         )
         print(

@@ -137,8 +137,8 @@ def resolve_site_settings(state_dir: Path, **given: object) -> SiteSettings:
     ca = _existing_file(settings.ca, "CA certificate")
     load_certificate(ca, "CA certificate")
     key = _existing_file(settings.key, "node key")
-    _check_private(key)
     load_node_private_key(key)
+    _check_private(key)
     data = _existing_file(settings.data_path, "data file") if settings.data_path else None
     policy = _existing_file(settings.policy_path, "policy file") if settings.policy_path else None
     if settings.max_epsilon is not None and not (

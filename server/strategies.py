@@ -11,7 +11,7 @@ def make_strategy(settings: RunSettings) -> FedAvg:
     """Flower's strategy for `settings.strategy`, sampling sites as configured."""
     common = {
         "fraction_train": settings.fraction_train,
-        "fraction_evaluate": settings.fraction_train,
+        "fraction_evaluate": settings.fraction_evaluate,
         "min_train_nodes": settings.min_sites,
         "min_evaluate_nodes": settings.min_sites,
         "min_available_nodes": settings.min_sites,

@@ -364,7 +364,7 @@ class FlwrControl:
                 f"{detail[-1] if detail else 'no output'}"
             ) from None
         if not answer.get("success"):
-            raise FedVaultError(f"flwr {args[0]}: {flwr_error(answer)}")
+            raise FedVaultError(f"flwr {args[0]}: {flwr_error(answer, self.target.address)}")
         return answer
 
     def register_node(self, public_key: Path, name: str) -> str:
@@ -401,8 +401,8 @@ class FlwrControl:
         return str(runs[0]["status"]), str(runs[0].get("status-details", ""))
 
 
-def flwr_error(answer: Mapping) -> str:
-    """The informative last line of a failed `flwr` JSON answer."""
+def flwr_error(answer: Mapping, address: str = "") -> str:
+    """The informative last line of a failed `flwr` JSON answer (`address`: where it went)."""
     lines = [
         line.strip()
         for line in str(answer.get("error-message", "unknown error")).splitlines()
@@ -413,6 +413,11 @@ def flwr_error(answer: Mapping) -> str:
         message += (
             " (this address does not serve the Control API: use the server's loopback "
             "control address, e.g. with --state-dir on the server machine)"
+        )
+    if "Connection to the SuperLink is unavailable" in message:
+        message = (
+            f"cannot reach the server's Control API at {address or 'the given address'}: "
+            "is `fedvault server` running, and is this its --control-port?"
         )
     return message
 

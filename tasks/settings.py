@@ -30,6 +30,7 @@ class RunSettings:
     partition: str = "iid"
     num_rounds: int = 8
     fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
     min_sites: int = 2
     local_epochs: int = 2
     batch_size: int = 32
@@ -77,6 +78,8 @@ class RunSettings:
                 raise FedVaultError(f"{_key(name)} must be a positive integer")
         if not 0 < self.fraction_train <= 1:
             raise FedVaultError("fraction-train must be in (0, 1]")
+        if not 0 <= self.fraction_evaluate <= 1:
+            raise FedVaultError("fraction-evaluate must be in [0, 1]")
         if not self.learning_rate > 0:
             raise FedVaultError("learning-rate must be > 0")
         if self.strategy not in STRATEGIES:

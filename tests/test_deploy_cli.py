@@ -392,3 +392,58 @@ def test_run_overrides_check_keys_against_the_app(tiny_app, tmp_path):
         run_overrides(tiny_app, str(scenario), None)
     with pytest.raises(FedVaultError, match="--resume needs a run id"):
         run_overrides(tiny_app, None, "last")
+
+
+@pytest.mark.parametrize(
+    ("command", "phrases"),
+    [
+        ("server", ("--certs", "--state-dir", "Fleet API", "Ctrl-C or SIGTERM")),
+        ("client", ("--server", "--ca", "--key", "--max-epsilon", "never by the server")),
+        ("run", ("SCENARIO", "--resume", "exit 0 only if the run finished successfully")),
+    ],
+)
+def test_help_explains_each_command(command, phrases, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in phrases:
+        assert phrase in text, phrase
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run"], "say where the server is: --state-dir"),
+        (["run", "--state-dir", "{tmp}/none"], "server record (start `fedvault server`"),
+        (["run", "--server", "nohost", "--ca", "{ca}"], "not a HOST:PORT address: 'nohost'"),
+        (["run", "--server", "127.0.0.1:1", "--ca", "{tmp}/no.crt"], "CA certificate not found"),
+        (
+            ["run", "--server", "127.0.0.1:1", "--ca", "{ca}"],
+            "cannot reach the server's Control API at 127.0.0.1:1",
+        ),
+        (
+            ["client", "--state-dir", "{tmp}/s", "--server", "127.0.0.1:1", "--ca", "{ca}",
+             "--key", "{tmp}/no.key"],
+            "node key not found",
+        ),
+        (
+            ["client", "--state-dir", "{tmp}/s", "--server", "127.0.0.1:1", "--ca", "{key}",
+             "--key", "{key}"],
+            "is not a PEM certificate",
+        ),
+        (
+            ["client", "--state-dir", "{tmp}/s", "--server", "127.0.0.1:1", "--ca", "{ca}",
+             "--key", "{key}.pub"],
+            "is not an unencrypted OpenSSH private key",
+        ),
+        (["register", "{tmp}/no.pub", "--name", "x", "--state-dir", "{tmp}"], "not found"),
+    ],
+)  # fmt: skip
+def test_bad_paths_and_addresses_are_one_line_errors(pki, tmp_path, args, message):
+    values = {"tmp": tmp_path, "ca": pki / "certs" / "ca.crt", "key": pki / "site1.key"}
+    code, err = in_process(*(arg.format(**values) for arg in args))
+    assert code == 2
+    assert err.startswith("fedvault: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "s").exists()

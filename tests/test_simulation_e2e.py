@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import dp_accounting
 import psutil
 import pytest
 import torch
@@ -94,6 +95,42 @@ def test_epsilon_accumulates_across_runs_like_one_longer_run(tmp_path):
     for site, epsilon in one_run.items():
         assert two_runs[site] == pytest.approx(epsilon, rel=1e-9)
     assert site_epsilons(tmp_path / "first")["site-0"] < one_run["site-0"]
+    assert_report_epsilons_match_site_ledgers(tmp_path / "second", shared_sites)
+
+
+OPACUS_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+def assert_report_epsilons_match_site_ledgers(run_dir, sites_root) -> None:
+    """The report's per-round epsilons, recomputed from the raw site ledgers by dp-accounting."""
+    report = json.loads((run_dir / "report.json").read_text())
+    checked = 0
+    for site in report["sample_level_dp"]["sites"]:
+        (ledger,) = (sites_root / site["site"]).glob("ledger-*.sqlite")
+        with sqlite3.connect(ledger) as db:
+            rows = [
+                json.loads(p)
+                for (p,) in db.execute(
+                    "SELECT payload FROM rows WHERE kind = 'dp_event' ORDER BY seq"
+                )
+            ]
+        for entry in site["rounds"]:
+            upto = rows[: entry["events_total"]]
+            assert upto[-1]["round"] == entry["round"]
+            accountant = dp_accounting.rdp.RdpAccountant(OPACUS_ORDERS)
+            for row in upto:
+                event = row["event"]
+                accountant.compose(
+                    dp_accounting.PoissonSampledDpEvent(
+                        event["sample_rate"],
+                        dp_accounting.GaussianDpEvent(event["noise_multiplier"]),
+                    ),
+                    event["steps"],
+                )
+            expected = accountant.get_epsilon(site["delta"])
+            assert entry["epsilon_cumulative_rdp"] == pytest.approx(expected, rel=1e-3)
+            checked += 1
+    assert checked == 4  # 2 sites x 2 rounds of this run, on top of the first run's events
 
 
 def test_site_with_small_budget_declines_and_the_run_finishes(tmp_path):
