@@ -13,12 +13,13 @@ from flwr.clientapp import ClientApp
 
 from client.local_round import (
     LocalUpdate,
-    SiteRound,
     budget_refusal,
     local_update,
     masked_vector,
     prepare,
+    round_settings,
 )
+from client.site import Site, resolve_site
 from privacy.errors import FedVaultError
 from privacy.secagg import SecAggClient
 from privacy.secagg import messages as m
@@ -33,7 +34,7 @@ SECAGG_STATE = "secagg-client"
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
     work = prepare(msg, context)
-    _maybe_drop_out(work, "train")
+    _maybe_drop_out(work.site, "train")
     update = local_update(msg, context, work)
     if update.refusal is not None:
         return _refusal_reply(msg, update.refusal)
@@ -49,21 +50,24 @@ def train_handler(msg: Message, context: Context) -> Message:
 
 @app.train("secagg")
 def secagg_handler(msg: Message, context: Context) -> Message:
+    """One SecAgg+ stage; only setup (budget check) and masked input need the site's data."""
     request = protocol_message(msg.content)
     stage = request[m.STAGE]
-    work = prepare(msg, context)
-    _maybe_drop_out(work, stage)
+    settings, _ = round_settings(msg)
+    site = resolve_site(dict(context.node_config), settings.sites_root)
+    _maybe_drop_out(site, stage)
     client = (
         SecAggClient.from_state(dict(context.state[SECAGG_STATE]))
         if SECAGG_STATE in context.state
         else SecAggClient(context.node_id)
     )
     extra: dict = {}
-    if stage == m.SETUP:
-        refusal = budget_refusal(work, context, str(msg.metadata.run_id))
+    if stage == m.SETUP and settings.dp:
+        refusal = budget_refusal(prepare(msg, context), context, str(msg.metadata.run_id))
         if refusal is not None:
             return _refusal_reply(msg, refusal)
     if stage == m.MASKED_INPUT:
+        work = prepare(msg, context)
         update = local_update(msg, context, work)
         if update.refusal is not None:
             return _refusal_reply(msg, update.refusal)
@@ -86,9 +90,9 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-def _maybe_drop_out(work: SiteRound, stage: str) -> None:
-    if work.site.dropout_stage == stage:
-        raise FedVaultError(f"{work.site.name}: leaving at stage {stage} (dropout-stage)")
+def _maybe_drop_out(site: Site, stage: str) -> None:
+    if site.dropout_stage == stage:
+        raise FedVaultError(f"{site.name}: leaving at stage {stage} (dropout-stage)")
 
 
 def _metrics(update: LocalUpdate) -> MetricRecord:
