@@ -31,6 +31,8 @@ def measure(scenario_name: str, clients: int, rounds: int, settings: dict) -> di
         out = Path(tmp) / "run"
         simulate(scenario, out)
         rows = json.loads((out / "metrics.json").read_text())[1:]
+    if not rows:
+        raise SystemExit(f"{clients} clients, {settings}: no round ran (budget too small?)")
     later = [r["seconds"] for r in rows[1:]] or [rows[0]["seconds"]]
     return {
         "first-round-s": rows[0]["seconds"],
