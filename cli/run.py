@@ -9,6 +9,7 @@ server machine (or through an SSH tunnel to it).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -67,6 +68,11 @@ def run_overrides(app_dir: Path, scenario: str | None, resume: str | None) -> di
     return overrides
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops following the run like Ctrl-C, so the `flwr log` child is stopped too."""
+    raise KeyboardInterrupt
+
+
 def _final_status(control: FlwrControl, run_id: str) -> tuple[str, str]:
     deadline = time.monotonic() + FINAL_STATUS_WAIT_S
     status, details = control.run_status(run_id)
@@ -90,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
             config_file.write_text(tomli_w.dumps(overrides), encoding="utf-8")
         run_id = control.start_run(app_dir, config_file)
         print(f"fedvault: started run {run_id} on {target.address}", flush=True)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             control.stream_logs(run_id)
         except KeyboardInterrupt:
@@ -99,6 +106,8 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         status, details = _final_status(control, run_id)
     if status != COMPLETED:
         print(f"fedvault: error: run {run_id} {status}: {details}", file=sys.stderr)

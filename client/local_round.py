@@ -20,7 +20,6 @@ from client.data import SiteData, cached_schema, load_site_data, site_table
 from client.policy import apply_site_policy
 from client.site import Site, resolve_site
 from client.training import TrainResult, train
-from privacy.client_dp import SecureGaussian, clip_update
 from tasks.registry import TaskSettings, build_model
 from tasks.settings import RunSettings
 from tasks.wire import flatten_update
@@ -135,6 +134,8 @@ def masked_vector(msg: Message, work: SiteRound, update: LocalUpdate) -> tuple[n
     vector = flatten_update(update.model.state_dict(), msg.content["arrays"].to_torch_state_dict())
     if not work.settings.client_dp:
         return vector, update.result.num_examples
+    from privacy.client_dp import SecureGaussian, clip_update  # dp-accounting: slow to import
+
     (vector,), _, was_clipped = clip_update([vector], float(config["round-clip-norm"]))
     share_std = float(config.get("round-noise-share-std", 0.0))
     if share_std > 0:

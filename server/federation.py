@@ -97,7 +97,11 @@ def run_federation(
         ledger.close()
     audit_result = audit(model) if audit else None
     rundir.set_status("completed", run_id=run_id, rounds=final["round"])
-    write_report(rundir.path, signing_key_path=default_signing_key(), audit=audit_result)
+    try:
+        write_report(rundir.path, signing_key_path=default_signing_key(), audit=audit_result)
+    except BaseException as exc:
+        rundir.set_status("failed", run_id=run_id, error=f"report: {exc}")
+        raise
     return final
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import math
-from pathlib import Path
 from typing import Any
 
-TEMPLATES = Path(__file__).parent / "templates"
+from privacy.report.template import REPORT_HTML
+
 MISSING = "\N{EN DASH}"
 
 
@@ -55,7 +55,6 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
         undefined=jinja2.ChainableUndefined,
         trim_blocks=True,
@@ -65,6 +64,6 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     embedded = {name: base64.b64encode(data).decode("ascii") for name, data in plots.items()}
     for name in ("epsilon.png", "utility.png", "audit-roc.png"):
         embedded.setdefault(name, "")
-    return env.get_template("report.html.j2").render(
+    return env.from_string(REPORT_HTML).render(
         r=report, plots=embedded, max_claimed=max_claimed_epsilon(report)
     )

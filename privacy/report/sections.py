@@ -207,7 +207,7 @@ def anonymization(inputs: RunInputs) -> list[dict[str, Any]]:
                 "policy": p.get("policy"),
                 "method": p.get("method"),
                 "targets": p.get("targets"),
-                "achieved": p.get("achieved") or {},
+                "achieved": _weakest(p.get("achieved") or {}),
                 "rows_in": p.get("rows_in"),
                 "rows_out": p.get("rows_out"),
                 "suppressed_records": p.get("suppressed_records"),
@@ -219,6 +219,18 @@ def anonymization(inputs: RunInputs) -> list[dict[str, Any]]:
             }
         )
     return sites
+
+
+def _weakest(achieved: dict[str, Any]) -> dict[str, Any]:
+    """k, and l and t of the weakest sensitive column (l and t are per column)."""
+    out: dict[str, Any] = {"k": achieved.get("k"), "by_column": {}}
+    for key, pick in (("l_distinct", min), ("l_entropy", min), ("t", max)):
+        value = achieved.get(key)
+        if isinstance(value, dict):
+            out["by_column"][key] = value
+            value = pick(value.values()) if value else None
+        out[key] = value
+    return out
 
 
 UTILITY_COLUMNS = {

@@ -1,4 +1,10 @@
-<!DOCTYPE html>
+"""The report's HTML template (Jinja2).
+
+It lives in a Python module, not a .j2 file, because a Flower app bundle carries only
+Python, TOML, Markdown and JSON files: a deployed ServerApp would not find a template file.
+"""
+
+REPORT_HTML = r"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -288,3 +294,4 @@ this attack's implied epsilon should lie below it.</div>
 </main>
 </body>
 </html>
+"""
