@@ -197,6 +197,16 @@ def kill_outright(process: Process) -> None:
     assert not left, f"processes outlived their killed `fedvault` wrapper: {left}"
 
 
+def crash(process: Process) -> None:
+    """SIGKILL a `fedvault` wrapper and every process below it at once: the machine died."""
+    tree = descendants(process.proc.pid)
+    process.proc.send_signal(signal.SIGKILL)
+    for pid, start in tree:
+        if alive(pid, start):
+            os.kill(pid, signal.SIGKILL)
+    process.proc.wait(timeout=10)
+
+
 def ledger_rows(path: Path, kind: str) -> list[dict]:
     with Ledger.open(path, kind="run") as ledger:
         assert ledger.verify() is None, "run ledger hash chain broken"
@@ -314,7 +324,7 @@ def test_server_killed_and_restarted_resumes_the_run(root, tmp_path):
         run = submit(scenario, server)
         checkpointed = wait_for_round(out, 1, run)
         run_id = run_id_of(run)
-        kill_outright(server.process)
+        crash(server.process)
         assert finish(run, timeout=120) != 0
         assert json.loads((out / "status.json").read_text())["status"] == "running"
 
