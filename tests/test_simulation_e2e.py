@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import time
 
 import dp_accounting
 import psutil
@@ -28,14 +30,22 @@ SMALL = {
 }
 
 
-def live_children() -> list[str]:
-    """Processes this test process started that are still running (Ray's included)."""
-    children = psutil.Process().children(recursive=True)
-    return [
-        " ".join(c.cmdline()[:2])
-        for c in children
-        if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
-    ]
+def live_children(grace_s: float = 10.0) -> list[str]:
+    """Processes this test process started that are still running after a short grace.
+
+    The grace lets short helpers finish (Flower's telemetry thread runs `file -b` via
+    platform.architecture even when telemetry is off); Ray's daemons would stay.
+    """
+    deadline = time.monotonic() + grace_s
+    while True:
+        running = []
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    running.append(" ".join(child.cmdline()[:2]))
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.2)
 
 
 def metrics(run_dir) -> list[dict]:
