@@ -13,8 +13,8 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, flo
         return 0.0, 0.0
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(xb) for xb in torch.from_numpy(x).split(4096)])
-        target = torch.from_numpy(y)
+        logits = torch.cat([model(xb) for xb in torch.as_tensor(np.array(x)).split(4096)])
+        target = torch.as_tensor(np.array(y))
         loss = nn.functional.cross_entropy(logits, target).item()
         accuracy = (logits.argmax(1) == target).float().mean().item()
     return loss, accuracy
