@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from cli.processes import alive, descendants
+from cli.processes import alive, descendants, executable, flower_env
 from cli.run import run_overrides
 from client.site import SITE_KEYS
 from client.supernode import (
@@ -211,21 +211,27 @@ def test_unregistered_site_is_rejected(server, pki, tmp_path):
 
 def test_site_without_tls_is_rejected(server, tmp_path):
     log = tmp_path / "supernode.log"
+    command = [
+        executable("flower-supernode"), "--insecure",
+        "--superlink", server["fleet"], "--port", str(free_port()),
+        "--max-retries", "1", "--max-wait-time", "20",
+    ]  # fmt: skip
     with log.open("w") as out:
         node = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "flower-supernode"), "--insecure",
-                "--superlink", server["fleet"], "--port", str(free_port()),
-                "--max-retries", "1", "--max-wait-time", "20",
-            ],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "FLWR_HOME": str(tmp_path)},
-        )  # fmt: skip
-        tree = descendants(node.pid)
-        code = node.wait(timeout=120)
-    for pid, start in tree:
-        if alive(pid, start):
-            os.kill(pid, signal.SIGKILL)
-    assert code != 0
+            command, stdout=out, stderr=subprocess.STDOUT, env=flower_env(tmp_path / "flwr")
+        )
+    tree: set[tuple[int, int]] = set()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while node.poll() is None and time.monotonic() < deadline:
+            tree.update(descendants(node.pid))
+            time.sleep(0.2)
+    finally:
+        node.kill()
+        for pid, start in tree:
+            if alive(pid, start):
+                os.kill(pid, signal.SIGKILL)
+    assert node.wait() not in (0, -signal.SIGKILL), log.read_text()
     assert "SuperNode ID" not in log.read_text()
 
 
