@@ -11,13 +11,15 @@ events that actually ran, under both accountants.
     python -m benchmarks.privacy_utility          # full table, ~20 min on 2 cores
     python -m benchmarks.privacy_utility --quick  # IID, epsilon 3, 3 rounds
     python -m benchmarks.privacy_utility --rounds 5 --sites 5 --out table.md
+    python -m benchmarks.privacy_utility --epsilons 3 --partitions iid --batch-size 1024 \
+        --local-epochs 4                          # one DP setting against the tuned one
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -45,6 +47,9 @@ class Hyper:
     momentum: float
     local_epochs: int
     clip_norm: float = 1.0
+    server_momentum: float = 0.0
+    """FedAvgM (Hsu et al. 2019): the server steps along a momentum of averaged updates."""
+    server_learning_rate: float = 1.0
 
 
 # Non-private rows keep the non-private defaults (CNN1D, 32 channels, ReLU); DP rows use the
@@ -83,6 +88,26 @@ def site_rows(data: Dataset, partition: str, num_sites: int, seed: int) -> list[
     return [rows[split_indices(len(rows), VALIDATION_FRACTION, seed + 1)[0]] for rows in parts]
 
 
+def server_step(
+    current: dict[str, torch.Tensor],
+    states: list[dict[str, torch.Tensor]],
+    share: np.ndarray,
+    velocity: dict[str, torch.Tensor],
+    hyper: Hyper,
+) -> dict[str, torch.Tensor]:
+    """The next global model: FedAvg, or FedAvgM when `hyper.server_momentum` > 0.
+
+    `velocity` is updated in place; with momentum 0 and server learning rate 1 the result is
+    the weighted average of `states`.
+    """
+    stepped = {}
+    for key, value in current.items():
+        average = sum(w * state[key] for w, state in zip(share, states, strict=True))
+        velocity[key] = hyper.server_momentum * velocity[key] + average - value
+        stepped[key] = value + hyper.server_learning_rate * velocity[key]
+    return stepped
+
+
 def run_federation(
     data: Dataset,
     partition: str,
@@ -100,6 +125,7 @@ def run_federation(
     torch.manual_seed(seed)
     global_model = build_model(target is not None)
     events: list[list[PrivacyEvent]] = [[] for _ in sites]
+    velocity = {key: torch.zeros_like(value) for key, value in global_model.state_dict().items()}
     start = time.perf_counter()
     for server_round in range(rounds):
         states, weights = [], []
@@ -132,11 +158,9 @@ def run_federation(
             states.append(model.state_dict())
             weights.append(result.num_examples)
         share = np.asarray(weights, dtype=np.float64) / sum(weights)
-        average = {
-            key: sum(w * state[key] for w, state in zip(share, states, strict=True))
-            for key in states[0]
-        }
-        global_model.load_state_dict(average)
+        global_model.load_state_dict(
+            server_step(global_model.state_dict(), states, share, velocity, hyper)
+        )
     seconds = time.perf_counter() - start
     _, accuracy = evaluate(global_model, data.x_test, data.y_test)
     eps_prv = max((compute_epsilon(e, DELTA, "prv") for e in events if e), default=0.0)
@@ -181,6 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--num-train", type=int, default=NUM_TRAIN, help=f"default {NUM_TRAIN}")
     parser.add_argument("--seed", type=int, default=0)
+    for flag, kind, default in (
+        ("batch-size", int, DP_TUNED.batch_size),
+        ("local-epochs", int, DP_TUNED.local_epochs),
+        ("learning-rate", float, DP_TUNED.learning_rate),
+        ("server-momentum", float, DP_TUNED.server_momentum),
+        ("server-learning-rate", float, DP_TUNED.server_learning_rate),
+    ):
+        parser.add_argument(
+            f"--{flag}", type=kind, default=default, help=f"DP rows (default {default:g})"
+        )
     parser.add_argument(
         "--quick", action="store_true", help="IID, epsilon 3 and non-private, 3 rounds"
     )
@@ -188,11 +222,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.epsilons, args.partitions = 3, [3.0], ["iid"]
-    for name in ("rounds", "sites", "num_train"):
+    for name in ("rounds", "sites", "num_train", "batch_size", "local_epochs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if any(eps <= 0 for eps in args.epsilons):
         parser.error("--epsilons must be > 0")
+    if args.learning_rate <= 0 or args.server_learning_rate <= 0:
+        parser.error("learning rates must be > 0")
+    if not 0 <= args.server_momentum < 1:
+        parser.error("--server-momentum must be in [0, 1)")
+    dp_hyper = replace(
+        DP_TUNED,
+        batch_size=args.batch_size,
+        local_epochs=args.local_epochs,
+        learning_rate=args.learning_rate,
+        server_momentum=args.server_momentum,
+        server_learning_rate=args.server_learning_rate,
+    )
     torch.set_num_threads(1)
 
     data = load_mnist1d(args.num_train, NUM_TEST, args.seed)
@@ -202,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown partition {partition!r}: use iid or dirichlet-ALPHA")
         sites = site_rows(data, partition, args.sites, args.seed)
         for target in (None, *args.epsilons):
-            hyper = NON_PRIVATE if target is None else DP_TUNED
+            hyper = NON_PRIVATE if target is None else dp_hyper
             row = run_federation(data, partition, sites, args.rounds, hyper, target, args.seed)
             print(
                 f"{partition} eps={target}: acc {row.accuracy:.4f} prv {row.epsilon_prv:.3f} "
