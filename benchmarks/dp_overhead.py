@@ -12,6 +12,7 @@ clipped, averaged gradient of one noiseless step must agree.
 
     python -m benchmarks.dp_overhead       # batch 32 and 512, 7 repetitions
     python -m benchmarks.dp_overhead --batch-sizes 512 --private-model
+    python -m benchmarks.dp_overhead --batch-sizes 512 --private-model --records 9000
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tasks.models import CNN1D
 
 MODES = ("hooks", "functorch", "ew", "ghost")
 SITE_RECORDS = 1800
+POOL_RECORDS = 20000
 CLIP_NORM = 1.0
 
 
@@ -145,14 +147,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=SITE_RECORDS,
+        help=f"records in the site's epoch (default {SITE_RECORDS}, at most {POOL_RECORDS})",
+    )
     args = parser.parse_args(argv)
+    if not 16 <= args.records <= POOL_RECORDS:
+        parser.error(f"--records must be between 16 and {POOL_RECORDS}")
     torch.set_num_threads(args.threads)
 
-    data = load_mnist1d(20000, 5000, 0)
-    x = torch.from_numpy(data.x_train[:SITE_RECORDS])
-    y = torch.from_numpy(data.y_train[:SITE_RECORDS])
+    data = load_mnist1d(POOL_RECORDS, 5000, 0)
+    x = torch.from_numpy(data.x_train[: args.records])
+    y = torch.from_numpy(data.y_train[: args.records])
     params = sum(p.numel() for p in make_model(args.private_model).parameters())
-    print(f"CNN1D(private={args.private_model}): {params} parameters; {SITE_RECORDS} records")
+    print(f"CNN1D(private={args.private_model}): {params} parameters; {args.records} records")
     print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
 
     print("| mode | max rel. err. per-sample norm | max rel. err. clipped gradient |")
@@ -169,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in times:
                 times[mode].append(time_epoch(args.private_model, x, y, batch_size, mode))
         base = times[None]
-        print(f"\nbatch {batch_size}, one epoch of {SITE_RECORDS} records, {args.repeats} reps")
+        print(f"\nbatch {batch_size}, one epoch of {args.records} records, {args.repeats} reps")
         print("| mode | median s/epoch | median ratio DP / no DP |")
         print("|---|---|---|")
         print(f"| no DP | {statistics.median(base):.3f} | 1.00 |")
