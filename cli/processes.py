@@ -35,6 +35,8 @@ from privacy.errors import FedVaultError
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 STOP_GRACE_S = 10.0
+CRASH_MARK = "Traceback (most recent call last):"
+CRASH_GRACE_S = 10.0
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -238,9 +240,13 @@ class Supervisor:
     ) -> None:
         """Poll `ready()` until true; a FedVaultError if `child` exits or time runs out.
 
-        A `timeout` of 0 or less waits without limit.
+        A `timeout` of 0 or less waits without limit. A child that printed a Python
+        traceback and is neither ready nor gone `CRASH_GRACE_S` later counts as crashed:
+        Flower's SuperNode, for one, keeps running on a non-daemon HTTP thread after its
+        main thread dies, and would otherwise hold the wait until `timeout`.
         """
         deadline = time.monotonic() + timeout
+        crashed_at: float | None = None
         while not ready():
             code = child.exited()
             if code is not None:
@@ -250,6 +256,12 @@ class Supervisor:
                     raise on_exit(child)
                 raise FedVaultError(
                     f"{child.name} exited with status {code} before {what}: {child.last_lines()}"
+                )
+            if crashed_at is None and any(line.startswith(CRASH_MARK) for line in child.output()):
+                crashed_at = time.monotonic()
+            if crashed_at is not None and time.monotonic() - crashed_at > CRASH_GRACE_S:
+                raise FedVaultError(
+                    f"{child.name} crashed before {what} and did not exit: {child.last_lines()}"
                 )
             if timeout > 0 and time.monotonic() > deadline:
                 raise FedVaultError(f"{child.name}: no {what} after {timeout:.0f} s")
