@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from client.budget import poisson_plan
 from client.data import VALIDATION_FRACTION
-from client.training import DpSgd, train
+from client.training import DpSgd, poisson_plan, train
 from privacy.accounting import PrivacyEvent, compute_epsilon, solve_noise_multiplier
 from privacy.atomic import atomic_write_text
+from privacy.randomness import SecureRandom
 from tasks.datasets import Dataset, load_mnist1d, split_indices
 from tasks.evaluation import evaluate
 from tasks.models import CNN1D
@@ -133,8 +133,9 @@ def run_federation(
             model = build_model(target is not None)
             model.load_state_dict(global_model.state_dict())
             dp = None
+            q = plans[site][0]
             if target is not None:
-                dp = DpSgd(sigmas[site], hyper.clip_norm, grad_sample_mode=GRAD_SAMPLE_MODE)
+                dp = DpSgd(sigmas[site], hyper.clip_norm, q, grad_sample_mode=GRAD_SAMPLE_MODE)
             result = train(
                 model,
                 data.x_train[rows],
@@ -144,13 +145,13 @@ def run_federation(
                 learning_rate=hyper.learning_rate,
                 momentum=hyper.momentum,
                 dp=dp,
-                seed=seed + 1000 * server_round + site,
+                rng=SecureRandom(insecure_seed=seed + 1000 * server_round + site),
             )
             if dp is not None:
                 events[site].append(
                     PrivacyEvent(
                         noise_multiplier=dp.noise_multiplier,
-                        sample_rate=result.sample_rate,
+                        sample_rate=q,
                         steps=result.steps,
                         clip_norm=dp.clip_norm,
                     )

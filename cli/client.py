@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cli.processes import Child, Supervisor, check_port_free, executable, flower_env
+from client.site import DEFAULT_DELTA, DEFAULT_EVALUATION_NOISE, DEFAULT_MAX_EPSILON, SITE_KEYS
 from client.supernode import (
     CONNECTED_MARK,
     DEFAULT_CLIENT_PORT,
@@ -27,6 +28,20 @@ from privacy.certs import verify_tls_server
 from privacy.errors import FedVaultError
 
 CONNECT_TIMEOUT_S = 600.0
+SITE_FLAGS = (
+    "data-path",
+    "policy-path",
+    "dataset-id",
+    "max-epsilon",
+    "delta",
+    "require-dp",
+    "min-noise-multiplier",
+    "max-epsilon-per-round",
+    "require-secagg",
+    "allow-evaluation",
+    "evaluation-noise-multiplier",
+    "public-record-count",
+)
 
 
 def _rejected(fingerprint: str) -> Callable[[Child], FedVaultError]:
@@ -45,20 +60,13 @@ def _rejected(fingerprint: str) -> Callable[[Child], FedVaultError]:
 
 def _client(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
+    site = {key: getattr(args, key.replace("-", "_")) for key in SITE_FLAGS}
     settings = resolve_site_settings(
-        state_dir,
-        server=args.server,
-        ca=args.ca,
-        key=args.key,
-        data_path=args.data,
-        policy_path=args.policy,
-        max_epsilon=args.max_epsilon,
-        delta=args.delta,
-        port=args.port,
+        state_dir, site, server=args.server, ca=args.ca, key=args.key, port=args.port
     )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_site_settings(state_dir, settings)
-    node_config = write_node_config(state_dir, settings)
+    node_config = write_node_config(state_dir)
     fingerprint = key_fingerprint(settings)
     if not verify_tls_server(settings.server, settings.ca):
         print(f"fedvault: {settings.server} not reachable yet; retrying", flush=True)
@@ -94,13 +102,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `fedvault client`."""
     parser = subparsers.add_parser(
         "client",
-        help="run a site: Flower SuperNode with this site's data, policy and budget",
+        help="run a site: Flower SuperNode with this site's data, policy, budget and floor",
         description="Start flower-supernode against the server with TLS (--ca) and node "
-        "authentication (--key). The site's data, anonymization policy and privacy budget "
-        "are set here, never by the server; they are saved in STATE_DIR (site.toml, "
-        "supernode.toml) and passed to the ClientApp as node config (state-dir, data-path, "
-        "policy-path, max-epsilon, delta). Streams the logs; Ctrl-C or SIGTERM stops "
-        "everything it started.",
+        "authentication (--key). The site's data, anonymization policy, privacy budget and "
+        "privacy floor are set here, never by the server: a request below the floor is "
+        "refused before any data is touched, and recorded in the site's ledger. They are "
+        "saved in STATE_DIR (site.toml, supernode.toml); the ClientApp reads them from "
+        "there. Streams the logs; Ctrl-C or SIGTERM stops everything it started.",
     )
     parser.add_argument(
         "--state-dir",
@@ -111,15 +119,70 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--server", metavar="HOST:PORT", help="the server's site address")
     parser.add_argument("--ca", metavar="CA_CERT", help="the federation's ca.crt")
     parser.add_argument("--key", metavar="KEY", help="private key from `fedvault keys new`")
-    parser.add_argument("--data", metavar="FILE.csv", help="the site's training data")
-    parser.add_argument("--policy", metavar="ANON.toml", help="the site's anonymization policy")
-    parser.add_argument(
+    site = parser.add_argument_group(
+        "the site's own settings (saved in site.toml; a later start keeps what is not given)"
+    )
+    site.add_argument("--data", dest="data_path", metavar="FILE.csv", help="training data")
+    site.add_argument(
+        "--policy", dest="policy_path", metavar="ANON.toml", help=SITE_KEYS["policy-path"][1]
+    )
+    site.add_argument(
+        "--dataset-id",
+        metavar="NAME",
+        help="the name the privacy ledger is kept under (default: the data file's path): "
+        "a new split, schema or appended rows continue the same budget",
+    )
+    site.add_argument(
         "--max-epsilon",
         type=float,
         metavar="E",
-        help="the site's total privacy budget: it declines training that would exceed it",
+        help="total privacy budget over every run on this data (default "
+        f"{DEFAULT_MAX_EPSILON:g}); training that would exceed it is declined",
     )
-    parser.add_argument("--delta", type=float, metavar="D", help="delta of the site's budget")
+    site.add_argument(
+        "--delta", type=float, metavar="D", help=f"delta of the budget (default {DEFAULT_DELTA:g})"
+    )
+    site.add_argument(
+        "--require-dp",
+        action=argparse.BooleanOptionalAction,
+        help="refuse training without DP-SGD (default: on)",
+    )
+    site.add_argument(
+        "--min-noise-multiplier",
+        type=float,
+        metavar="SIGMA",
+        help=SITE_KEYS["min-noise-multiplier"][1],
+    )
+    site.add_argument(
+        "--max-epsilon-per-round",
+        type=float,
+        metavar="E",
+        help=SITE_KEYS["max-epsilon-per-round"][1],
+    )
+    site.add_argument(
+        "--require-secagg",
+        action=argparse.BooleanOptionalAction,
+        help="refuse training whose update would leave the site outside secure aggregation "
+        "(default: on)",
+    )
+    site.add_argument(
+        "--allow-evaluation",
+        action=argparse.BooleanOptionalAction,
+        help="answer the server's evaluation requests on this site's validation rows, "
+        "with DP noise, spending budget (default: off)",
+    )
+    site.add_argument(
+        "--evaluation-noise-multiplier",
+        type=float,
+        metavar="SIGMA",
+        help=f"noise of each evaluation release (default {DEFAULT_EVALUATION_NOISE:g})",
+    )
+    site.add_argument(
+        "--public-record-count",
+        action=argparse.BooleanOptionalAction,
+        help="declare this site's number of records public: sent to the server and used as "
+        "its aggregation weight (default: off, equal weights)",
+    )
     parser.add_argument(
         "--port",
         type=int,

@@ -7,6 +7,7 @@ and on Ctrl-C or SIGTERM stops all of it (see cli/processes.py).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from cli.processes import Supervisor, check_port_free, executable, flower_env
@@ -21,9 +22,11 @@ from server.superlink import (
     register_site,
     superlink_command,
     superlink_ready,
+    transport_record,
     unregister_site,
     write_server_record,
 )
+from server.transport import TRANSPORT_ENV
 
 READY_TIMEOUT_S = 90.0
 
@@ -36,6 +39,7 @@ def _server(args: argparse.Namespace) -> int:
     if settings.proxy:
         check_port_free(settings.host, settings.port)
     env = flower_env(settings.state_dir / "flwr")
+    env[TRANSPORT_ENV] = json.dumps(transport_record(settings))
     with Supervisor() as supervisor:
         superlink = supervisor.start(
             "superlink", superlink_command(settings, executable("flower-superlink")), env

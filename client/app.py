@@ -1,93 +1,141 @@
-"""The FedVault ClientApp: what a site does when the server asks it to train or evaluate.
+"""The FedVault ClientApp: what a site does when the coordinator asks it something.
 
-A plain train request gets the site's update in the clear. Under secure aggregation the
-server sends the four SecAgg+ stages as `train.secagg` messages; the site checks its budget
-at setup (declining before it joins), trains at the masked-input stage and sends only its
-masked update. Either way the site's own settings, policy and ledger decide what it does.
+Every handler reads the request strictly, checks it against the site's own floor before any
+of its data is touched, and answers a request it will not serve with a refusal (recorded in
+the site's ledger) rather than an error. A plain train request gets the site's update in
+the clear only if the site allows that (require-secagg = false). Under secure aggregation
+the coordinator sends the four SecAgg+ stages as `train.secagg` messages; the site checks
+its floor and budget at setup (declining before it joins), validates the masked-input
+request before it spends anything, then trains and sends only its masked update.
+Evaluation requests are refused unless the site allows them, and then answered with
+DP-noised sums whose cost is in the ledger.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from logging import getLogger
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.budget import SiteBudget
 from client.local_round import (
-    LocalUpdate,
-    budget_refusal,
-    local_update,
+    Release,
     masked_vector,
     prepare,
-    round_settings,
+    private_evaluation,
+    private_release,
+)
+from client.request import (
+    EVALUATE,
+    PLAIN_TRAIN,
+    SECURE_TRAIN,
+    SiteRequest,
+    check_floor,
+    read_request,
+    read_settings,
 )
 from client.site import Site, resolve_site
+from privacy.dp_ledger import Refused
 from privacy.errors import FedVaultError
-from privacy.secagg import SecAggClient
+from privacy.secagg import SecAggClient, SecAggProtocolError
 from privacy.secagg import messages as m
-from tasks.evaluation import evaluate
 from tasks.wire import protocol_message, protocol_records
 
 app = ClientApp()
+log = getLogger("fedvault.client")
 
 SECAGG_STATE = "secagg-client"
 
 
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
-    work = prepare(msg, context)
-    _maybe_drop_out(work.site, "train")
-    update = local_update(msg, context, work)
-    if update.refusal is not None:
-        return _refusal_reply(msg, update.refusal)
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(update.model.state_dict()),
-            "metrics": _metrics(update),
-            "privacy": update.privacy,
-        }
-    )
-    return Message(content=content, reply_to=msg)
+    def answer(request: SiteRequest, site: Site, budget: SiteBudget) -> Message:
+        _maybe_drop_out(site, "train")
+        release = private_release(msg, context, prepare(request, site), budget)
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(release.model.state_dict()),
+                "metrics": MetricRecord(release.metrics),
+                "privacy": release.privacy,
+            }
+        )
+        return Message(content=content, reply_to=msg)
+
+    return _serve(msg, context, PLAIN_TRAIN, answer)
 
 
 @app.train("secagg")
 def secagg_handler(msg: Message, context: Context) -> Message:
-    """One SecAgg+ stage; only setup (budget check) and masked input need the site's data."""
-    request = protocol_message(msg.content)
-    stage = request[m.STAGE]
-    settings, _ = round_settings(msg)
-    site = resolve_site(dict(context.node_config), settings.sites_root)
-    _maybe_drop_out(site, stage)
-    client = (
-        SecAggClient.from_state(dict(context.state[SECAGG_STATE]))
-        if SECAGG_STATE in context.state
-        else SecAggClient(context.node_id)
-    )
-    extra: dict = {}
-    if stage == m.SETUP and settings.dp:
-        refusal = budget_refusal(prepare(msg, context), context, str(msg.metadata.run_id))
-        if refusal is not None:
-            return _refusal_reply(msg, refusal)
-    if stage == m.MASKED_INPUT:
-        work = prepare(msg, context)
-        update = local_update(msg, context, work)
-        if update.refusal is not None:
-            return _refusal_reply(msg, update.refusal)
-        vector, weight = masked_vector(msg, work, update)
-        reply = client.handle(request, vector, weight)
-        extra = {"metrics": _metrics(update), "privacy": update.privacy}
-    else:
-        reply = client.handle(request)
-    context.state[SECAGG_STATE] = ConfigRecord(client.to_state())
-    return Message(content=RecordDict({**protocol_records(reply), **extra}), reply_to=msg)
+    """One SecAgg+ stage; only setup (checks) and masked input (training) touch the data."""
+    protocol = protocol_message(msg.content)
+    stage = protocol.get(m.STAGE)
+
+    def answer(request: SiteRequest, site: Site, budget: SiteBudget) -> Message:
+        _maybe_drop_out(site, str(stage))
+        client = (
+            SecAggClient.from_state(dict(context.state[SECAGG_STATE]))
+            if SECAGG_STATE in context.state
+            else SecAggClient(context.node_id)
+        )
+        extra: dict = {}
+        if stage == m.SETUP and request.settings.dp:
+            work = prepare(request, site)
+            _, event = budget.plan_training(request.server_round, len(work.data.y_train))
+            budget.dry_run(event, request.server_round)
+        try:
+            if stage == m.MASKED_INPUT:
+                client.check_masked_input(protocol)
+                work = prepare(request, site)
+                release = private_release(msg, context, work, budget)
+                vector, weight = masked_vector(msg, work, release)
+                reply = client.handle(protocol, vector, weight)
+                extra = {"metrics": MetricRecord(release.metrics), "privacy": release.privacy}
+            else:
+                reply = client.handle(protocol)
+        except SecAggProtocolError as exc:
+            raise Refused("protocol-violation", f"{site.name}: {exc.reason}") from None
+        context.state[SECAGG_STATE] = ConfigRecord(client.to_state())
+        return Message(content=RecordDict({**protocol_records(reply), **extra}), reply_to=msg)
+
+    return _serve(msg, context, SECURE_TRAIN, answer)
 
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
-    work = prepare(msg, context)
-    loss, accuracy = evaluate(work.global_model(msg), work.data.x_val, work.data.y_val)
-    metrics = MetricRecord(
-        {"num-examples": len(work.data.y_val), "eval-loss": loss, "eval-accuracy": accuracy}
-    )
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    def answer(request: SiteRequest, site: Site, budget: SiteBudget) -> Message:
+        release: Release = private_evaluation(msg, context, prepare(request, site), budget)
+        content = RecordDict({"metrics": MetricRecord(release.metrics), "privacy": release.privacy})
+        return Message(content=content, reply_to=msg)
+
+    return _serve(msg, context, EVALUATE, answer)
+
+
+Answer = Callable[[SiteRequest, Site, SiteBudget], Message]
+
+
+def _serve(msg: Message, context: Context, kind: str, answer: Answer) -> Message:
+    """Read and floor-check the request, then answer it, or refuse (and record why)."""
+    try:
+        settings = read_settings(msg)
+    except Refused as refusal:
+        log.warning("refused a request: %s", refusal)
+        return _refusal_reply(msg, refusal)
+    site = resolve_site(dict(context.node_config), settings.sites_root)
+    with SiteBudget.open(site, settings, context.state) as budget:
+        try:
+            request = read_request(msg, kind, settings)
+            check_floor(site, request)
+            return answer(request, site, budget)
+        except Refused as refusal:
+            refusal.details.setdefault("site", site.name)
+            refusal.details.setdefault("run_id", str(msg.metadata.run_id))
+            refusal.details["site-floor"] = json.dumps(site.floor.to_record())
+            budget.record(refusal)
+            log.warning("%s", refusal)
+            return _refusal_reply(msg, refusal)
 
 
 def _maybe_drop_out(site: Site, stage: str) -> None:
@@ -95,14 +143,6 @@ def _maybe_drop_out(site: Site, stage: str) -> None:
         raise FedVaultError(f"{site.name}: leaving at stage {stage} (dropout-stage)")
 
 
-def _metrics(update: LocalUpdate) -> MetricRecord:
-    metrics = MetricRecord(
-        {"num-examples": update.result.num_examples, "train-loss": update.result.loss}
-    )
-    if update.epsilon is not None:
-        metrics["epsilon"] = update.epsilon
-    return metrics
-
-
-def _refusal_reply(msg: Message, refusal: ConfigRecord) -> Message:
-    return Message(content=RecordDict({"refusal": refusal}), reply_to=msg)
+def _refusal_reply(msg: Message, refusal: Refused) -> Message:
+    record = {k: v for k, v in refusal.to_record().items() if v is not None}
+    return Message(content=RecordDict({"refusal": ConfigRecord(record)}), reply_to=msg)

@@ -1,166 +1,243 @@
-"""The site's budget guard: plan a round's DP-SGD, refuse it if it would exceed the budget.
+"""The site's budget guard: plan a release, reserve its cost atomically, or refuse it.
 
-The ledger in the site's state directory holds every privacy event the site's data has ever
-been through, across rounds and runs; epsilon is derived from those events. Before a round
-the site computes the epsilon it would reach after it, and declines if that passes its own
-`max-epsilon`. The budget and delta come from the site, never from the server.
+The site's ledger (one per dataset identity, in its state directory) holds every privacy
+event its data has been through, across rounds and runs; epsilon is derived from those
+events. Before a release (a round of DP-SGD, an evaluation) the site checks the request
+against its floor, then reserves the cost in one exclusive ledger transaction that
+re-checks the whole history against its own `max-epsilon`; only then is data touched.
+Every way a budget can run out ends in a `Refused`, recorded in the site's ledger, never in
+an error. Budget, delta and floor come from the site, never from the server.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
 
-from client.data import SiteData
 from client.site import Site
-from client.training import DpSgd, TrainResult
+from client.training import DpSgd, poisson_plan
 from privacy.accounting import PrivacyEvent, compute_epsilon, solve_noise_multiplier
-from privacy.dp_ledger import dp_events, record_dp_event
+from privacy.dp_ledger import (
+    PLAIN_RELEASE,
+    Refused,
+    Reservation,
+    cancel,
+    commit,
+    record_refusal,
+    reserve,
+    spent_events,
+)
 from privacy.errors import FedVaultError
-from privacy.ledger import Ledger, dataset_fingerprint
+from privacy.ledger import Ledger
 from tasks.settings import RunSettings
 
-DEFAULT_MAX_EPSILON = 10.0
 PLAN_KEY = "dp-plan"
-ROUND_KEY = "dp-round"
+CHECK_KEY = "dp-check"
+EVALUATION_COORDINATES = 3  # correct predictions, clipped loss, examples: sensitivity 1 each
+LEDGER_KIND = "site"
 
 
-class BudgetExhausted(Exception):
-    """This round would take the site past its max epsilon; it trains nothing."""
-
-    def __init__(self, site: str, spent: float, after: float, limit: float) -> None:
-        super().__init__(
-            f"{site}: budget exhausted: epsilon {spent:.3f} spent, this round would reach "
-            f"{after:.3f} > max {limit:g}"
-        )
-        self.site, self.spent, self.after, self.limit = site, spent, after, limit
-
-    def to_record(self) -> dict[str, str | float]:
-        return {
-            "reason": "budget-exhausted",
-            "site": self.site,
-            "epsilon-spent": self.spent,
-            "epsilon-after-round": self.after,
-            "max-epsilon": self.limit,
-        }
+def ledger_path_for(site: Site, task_name: str) -> tuple[Any, str]:
+    """Where the ledger of this site's data lies, and the dataset identity it is bound to."""
+    identity = site.dataset_identity(task_name)
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
+    return site.state_dir / f"ledger-{digest}.sqlite", identity
 
 
-def poisson_plan(num_records: int, batch_size: int, epochs: int) -> tuple[float, int]:
-    """Sampling rate and steps of Opacus' Poisson loader: q = 1/ceil(N/B), ceil(N/B) per epoch."""
-    batches = math.ceil(num_records / min(batch_size, num_records))
-    return 1.0 / batches, epochs * batches
+def evaluation_event(noise_multiplier: float) -> PrivacyEvent:
+    """One DP evaluation: a Gaussian release of three sums, each of sensitivity 1."""
+    return PrivacyEvent(
+        noise_multiplier=noise_multiplier,
+        sample_rate=1.0,
+        steps=1,
+        clip_norm=math.sqrt(EVALUATION_COORDINATES),
+    )
 
 
 @dataclass
 class SiteBudget:
-    """A site's ledger plus the run's mechanism settings and the site's own limits."""
+    """A site's ledger plus the request's mechanism settings and the site's own limits."""
 
     site: Site
     settings: RunSettings
     ledger: Ledger
-    num_records: int
     state: RecordDict
 
     @classmethod
-    def open(
-        cls, site: Site, settings: RunSettings, data: SiteData, state: RecordDict
-    ) -> SiteBudget:
-        if site.delta * len(data.y_train) >= 1:
+    def open(cls, site: Site, settings: RunSettings, state: RecordDict) -> SiteBudget:
+        """The site's budget for the data this request is about (its ledger, opened)."""
+        path, identity = ledger_path_for(site, settings.task.name)
+        ledger = Ledger.open(path, LEDGER_KIND, dataset=identity)
+        return cls(site, settings, ledger, state)
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def plan_training(self, server_round: int, num_records: int) -> tuple[DpSgd, PrivacyEvent]:
+        """This round's DP-SGD and its event: the requested noise, or the noise planned for
+        the rounds left, never below the site's floor (more privacy than asked is allowed).
+        """
+        site, s = self.site, self.settings
+        if site.delta * num_records >= 1:
             raise FedVaultError(
                 f"{site.name}: delta {site.delta:g} must be below 1/records = "
-                f"{1 / len(data.y_train):.2e} (otherwise a record may leak with probability delta)"
+                f"{1 / num_records:.2e} (otherwise a record may leak with probability delta)"
             )
-        fingerprint = dataset_fingerprint([data.x_train, data.y_train])
-        path = site.state_dir / f"ledger-{fingerprint[:16]}.sqlite"
-        ledger = Ledger.open(path, kind="site", fingerprint=fingerprint)
-        return cls(site, settings, ledger, len(data.y_train), state)
-
-    @property
-    def max_epsilon(self) -> float:
-        return self.site.max_epsilon or DEFAULT_MAX_EPSILON
-
-    def plan_round(self, server_round: int) -> DpSgd:
-        """The round's DP-SGD settings, or BudgetExhausted if it would pass the limit."""
-        s = self.settings
-        q, steps = poisson_plan(self.num_records, s.batch_size, s.local_epochs)
-        history = dp_events(self.ledger)
-        sigma = s.noise_multiplier or self._planned_sigma(q, steps, history)
+        q, steps = poisson_plan(num_records, s.batch_size, s.local_epochs)
+        sigma = s.noise_multiplier or self._planned_sigma(server_round, q, steps)
+        sigma = max(sigma, site.floor.min_noise_multiplier)
+        dp = DpSgd(sigma, s.clip_norm, q, s.grad_sample_mode)
         event = PrivacyEvent(
             noise_multiplier=sigma, sample_rate=q, steps=steps, clip_norm=s.clip_norm
         )
-        after = self._epsilon_after(server_round, history, event)
-        if after > self.max_epsilon:
-            spent = compute_epsilon(history, self.site.delta, s.accountant)
-            raise BudgetExhausted(self.site.name, spent, after, self.max_epsilon)
-        return DpSgd(
-            noise_multiplier=sigma,
-            clip_norm=s.clip_norm,
-            secure_mode=s.secure_mode,
-            grad_sample_mode=s.grad_sample_mode,
-        )
+        return dp, event
 
-    def _epsilon_after(
-        self, server_round: int, history: list[PrivacyEvent], event: PrivacyEvent
-    ) -> float:
-        """Epsilon once this round's event is spent; computed once per round (it is costly).
-
-        Under secure aggregation a site plans at setup and again at masked input; the
-        cached value is reused only for the same round, event and ledger length.
-        """
-        key = {
-            "round": server_round,
-            "ledger-rows": len(self.ledger),
-            "event": json.dumps(event.to_dict(), sort_keys=True),
-        }
-        cached = self.state.get(ROUND_KEY)
-        if cached is not None and all(cached.get(k) == v for k, v in key.items()):
-            return float(cached["epsilon-after"])
-        after = compute_epsilon([*history, event], self.site.delta, self.settings.accountant)
-        self.state[ROUND_KEY] = ConfigRecord({**key, "epsilon-after": after})
-        return after
-
-    def _planned_sigma(self, q: float, steps: int, history: list[PrivacyEvent]) -> float:
-        """Sigma for the whole run's planned rounds, solved once per run and kept in state."""
-        if PLAN_KEY in self.state:
-            return float(self.state[PLAN_KEY]["noise-multiplier"])
+    def _planned_sigma(self, server_round: int, q: float, steps: int) -> float:
+        """Sigma reaching the request's target over the rounds left, solved once per run."""
+        cached = self.state.get(PLAN_KEY)
+        if cached is not None:
+            return float(cached["noise-multiplier"])
         s = self.settings
-        target = min(s.target_epsilon, self.max_epsilon)
-        sigma = solve_noise_multiplier(
-            target, self.site.delta, q, steps * s.num_rounds, s.accountant, prior_events=history
-        )
-        self.state[PLAN_KEY] = ConfigRecord({"noise-multiplier": sigma})
+        rounds_left = s.num_rounds - server_round + 1
+        target = min(s.target_epsilon, self.site.max_epsilon)
+        history = spent_events(self.ledger)
+        try:
+            sigma = solve_noise_multiplier(
+                target, self.site.delta, q, steps * rounds_left, s.accountant, prior_events=history
+            )
+        except FedVaultError as exc:
+            raise self._exhausted(str(exc), server_round, history) from None
+        self.state[PLAN_KEY] = ConfigRecord({"noise-multiplier": sigma, "from-round": server_round})
         return sigma
 
-    def record_round(self, run_id: str, server_round: int, dp: DpSgd, result: TrainResult) -> dict:
-        """Append the event that ran; return the site's privacy summary for the server."""
-        event = PrivacyEvent(
-            noise_multiplier=dp.noise_multiplier,
-            sample_rate=result.sample_rate,
-            steps=result.steps,
-            clip_norm=dp.clip_norm,
+    # -- checking and reserving -------------------------------------------------------------
+
+    def check(self, event: PrivacyEvent, server_round: int) -> Callable[[list], dict[str, Any]]:
+        """The budget check `reserve` runs on the history it reads under its lock."""
+
+        def against(history: list[PrivacyEvent]) -> dict[str, Any]:
+            per_round = self.site.floor.max_epsilon_per_round
+            if per_round > 0:
+                alone = self._epsilon([event])
+                if alone > per_round:
+                    raise self._below_floor(
+                        "max-epsilon-per-round",
+                        f"this release alone costs epsilon {alone:.3f}, above the site's "
+                        f"per-round limit {per_round:g}",
+                        server_round,
+                    )
+            after = self._epsilon_after(history, event)
+            if after > self.site.max_epsilon:
+                raise self._exhausted(
+                    f"epsilon {self._epsilon(history):.3f} spent, this release would reach "
+                    f"{after:.3f} > max {self.site.max_epsilon:g}",
+                    server_round,
+                    history,
+                    after,
+                )
+            return {"epsilon-after": after}
+
+        return against
+
+    def dry_run(self, event: PrivacyEvent, server_round: int) -> None:
+        """Refuse now if the release would be refused at reservation (nothing is recorded)."""
+        self.check(event, server_round)(spent_events(self.ledger))
+
+    def reserve(self, reservation: Reservation) -> float:
+        """Reserve the release's cost in the ledger; its epsilon after, or `Refused`."""
+        row = reserve(self.ledger, reservation, self.check(reservation.event, reservation.round))
+        return float(row.payload["epsilon-after"])
+
+    def record(self, refusal: Refused) -> None:
+        """Keep a refusal in the site's own ledger."""
+        record_refusal(self.ledger, refusal)
+
+    def commit(self, reservation: Reservation) -> None:
+        commit(self.ledger, reservation)
+
+    def cancel(self, reservation: Reservation, reason: str) -> None:
+        cancel(self.ledger, reservation, reason)
+
+    def record_plain_release(self, run_id: str, server_round: int, purpose: str) -> None:
+        """A release without DP, allowed by the site's floor: its epsilon is unbounded."""
+        self.ledger.append(
+            PLAIN_RELEASE, {"run_id": run_id, "round": server_round, "purpose": purpose}
         )
-        history = dp_events(self.ledger)
-        epsilon = self._epsilon_after(server_round, history, event)
-        record_dp_event(self.ledger, event, run_id=run_id, server_round=server_round)
-        history.append(event)
+
+    def summary(self, reservation: Reservation, epsilon: float) -> dict[str, Any]:
+        """What the site tells the server about its spending (events, not just epsilon)."""
+        history = spent_events(self.ledger)
         return {
             "site": self.site.name,
+            "purpose": reservation.purpose,
             "delta": self.site.delta,
-            "max-epsilon": self.max_epsilon,
+            "max-epsilon": self.site.max_epsilon,
             "epsilon": epsilon,
             "epsilon-rdp": compute_epsilon(history, self.site.delta, "rdp"),
             "accountant": self.settings.accountant,
-            "event": event.to_dict(),
+            "event": reservation.event.to_dict(),
             "events": [e.to_dict() for e in history],
             "ledger-head": self.ledger.head(),
+            "dataset-sha256": hashlib.sha256(str(self.ledger.dataset).encode("utf-8")).hexdigest(),
+            **reservation.details,
         }
 
-    def record_refusal(self, run_id: str, server_round: int, refusal: BudgetExhausted) -> None:
-        self.ledger.append(
-            "refusal", {**refusal.to_record(), "run_id": run_id, "round": server_round}
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _epsilon(self, events: list[PrivacyEvent]) -> float:
+        try:
+            return compute_epsilon(events, self.site.delta, self.settings.accountant)
+        except FedVaultError:
+            return math.inf  # beyond what the accountant computes: no budget covers it
+
+    def _epsilon_after(self, history: list[PrivacyEvent], event: PrivacyEvent) -> float:
+        """Epsilon once `event` is spent; computed once per history (it is costly).
+
+        Under secure aggregation a site checks at setup and again when it reserves; the
+        value is reused only for the same history and event.
+        """
+        key = hashlib.sha256(
+            json.dumps([e.to_dict() for e in [*history, event]], sort_keys=True).encode()
+        ).hexdigest()
+        cached = self.state.get(CHECK_KEY)
+        if cached is not None and cached.get("key") == key:
+            return float(cached["epsilon-after"])
+        after = self._epsilon([*history, event])
+        if math.isfinite(after):
+            self.state[CHECK_KEY] = ConfigRecord({"key": key, "epsilon-after": after})
+        return after
+
+    def _below_floor(self, key: str, message: str, server_round: int) -> Refused:
+        return Refused(
+            "below-floor",
+            f"{self.site.name}: {message}",
+            site=self.site.name,
+            floor=key,
+            round=server_round,
+        )
+
+    def _exhausted(
+        self,
+        message: str,
+        server_round: int,
+        history: list[PrivacyEvent],
+        after: float | None = None,
+    ) -> Refused:
+        details: dict[str, Any] = {
+            "site": self.site.name,
+            "round": server_round,
+            "epsilon-spent": _finite(self._epsilon(history)),
+            "max-epsilon": self.site.max_epsilon,
+        }
+        if after is not None:
+            details["epsilon-after-round"] = _finite(after)
+        return Refused(
+            "budget-exhausted", f"{self.site.name}: budget exhausted: {message}", **details
         )
 
     def __enter__(self) -> SiteBudget:
@@ -168,3 +245,7 @@ class SiteBudget:
 
     def __exit__(self, *exc: object) -> None:
         self.ledger.close()
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,20 +1,25 @@
 """A site's own training and validation rows.
 
 In simulation every virtual site loads the shared dataset (cached per process) and keeps only
-its partition; in deployment a site reads its own CSV. Either way the site keeps a small
-deterministic validation split of its rows for client-side evaluation.
+its partition; in deployment a site reads its own CSV. Either way the site holds back a
+validation split of its rows, drawn from its own secret split key (`split.key` in its state
+directory), never from a run setting: the coordinator cannot choose or learn which rows are
+held back, and row i stays on its side of the split in every run, also when rows are
+appended.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from client.site import Site
 from privacy.errors import FedVaultError
-from tasks.datasets import Dataset, split_indices
+from privacy.keystore import load_or_create_secret
+from tasks.datasets import Dataset
 from tasks.partition import (
     PartitionSpec,
     partition_by_column,
@@ -25,6 +30,7 @@ from tasks.registry import TaskSettings, load_dataset, load_site_table
 from tasks.tabular import Schema
 
 VALIDATION_FRACTION = 0.1
+SPLIT_KEY_FILE = "split.key"
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,21 @@ def load_site_data(task: TaskSettings, site: Site, partition: str, table=None) -
         num_features, num_classes = dataset.num_features, dataset.num_classes
     else:
         raise FedVaultError(f"task {task.name!r} has no deployment data loader; use tabular")
-    train, val = split_indices(len(y), VALIDATION_FRACTION, task.seed + 1)
-    return SiteData(x[train], y[train], x[val], y[val], num_features, num_classes)
+    held_out = validation_rows(len(y), split_key(site))
+    return SiteData(x[~held_out], y[~held_out], x[held_out], y[held_out], num_features, num_classes)
+
+
+def split_key(site: Site) -> bytes:
+    """The site's secret split key; derived from its seed in the seeded research mode."""
+    if site.insecure_seed is not None:
+        return hashlib.sha256(f"split/{site.insecure_seed}/{site.name}".encode()).digest()
+    return load_or_create_secret(site.state_dir / SPLIT_KEY_FILE, "split key")
+
+
+def validation_rows(num_rows: int, key: bytes) -> np.ndarray:
+    """Which rows are held back: row i by the i-th uniform of a stream keyed by `key`."""
+    stream = np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(key))))
+    return stream.random(num_rows) < VALIDATION_FRACTION
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,81 +1,70 @@
-"""One round of work at a site: its settings and data, its budget check, its local update.
+"""One release at a site: load its rows, reserve the cost, train or evaluate, report.
 
-Shared by the plain `train` handler and the masked-input stage of secure aggregation, so a
-site trains, guards its budget and records its privacy events the same way in both.
+Shared by the plain `train` handler, the masked-input stage of secure aggregation and the
+`evaluate` handler, so a site checks, reserves, releases and records the same way in all.
+The order is the guarantee: the request has passed the floor (client/request.py) and its
+model has loaded before the cost is reserved, and the cost is reserved before any row is
+used. What goes back is the model (or the masked vector), the site's privacy summary and,
+only where the site declared its record count public, that count: no training loss, no
+un-noised evaluation metric.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 from flwr.app import ConfigRecord, Context, Message
+from torch import nn
 
-from client.budget import BudgetExhausted, SiteBudget
+from client.budget import SiteBudget, evaluation_event
 from client.data import SiteData, cached_schema, load_site_data, site_table
 from client.policy import apply_site_policy
-from client.site import Site, resolve_site
+from client.request import SiteRequest, global_model
+from client.site import Site
 from client.training import TrainResult, train
-from tasks.registry import TaskSettings, build_model
-from tasks.settings import RunSettings
+from privacy.dp_ledger import Refused, Reservation
+from privacy.randomness import SecureRandom
+from tasks.registry import TaskSettings
 from tasks.wire import flatten_update
 
-ROUND_KEYS = ("server-round", "proximal-mu", "round-clip-norm", "round-noise-share-std")
+LOSS_CAP = 10.0  # per-example loss is clipped here before an evaluation sum is released
 
 
 @dataclass
 class SiteRound:
-    """A request's settings, round number, site and the site's (policy-applied) data."""
+    """A request, its site and the site's (policy-applied) data."""
 
-    settings: RunSettings
-    server_round: int
+    request: SiteRequest
     site: Site
     data: SiteData
-    anonymization: dict
-
-    def global_model(self, msg: Message) -> torch.nn.Module:
-        model = build_model(
-            self.settings.task.name,
-            self.data.num_features,
-            self.data.num_classes,
-            private=self.settings.dp,
-        )
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        return model
+    anonymization: dict = field(default_factory=dict)
 
 
 @dataclass
-class LocalUpdate:
-    """A trained model and what to tell the server about it, or the site's refusal."""
+class Release:
+    """What a site sends back: a trained model or evaluation sums, and its privacy record."""
 
-    model: torch.nn.Module | None = None
+    privacy: ConfigRecord
+    model: nn.Module | None = None
     result: TrainResult | None = None
-    privacy: ConfigRecord | None = None
-    epsilon: float | None = None
-    refusal: ConfigRecord | None = None
+    metrics: dict = field(default_factory=dict)
 
 
-def round_settings(msg: Message) -> tuple[RunSettings, int]:
-    """The coordinator's settings and the round number carried by a request."""
-    config = dict(msg.content["config"])
-    server_round = int(config.get("server-round", 0))
-    settings = RunSettings.from_config({k: v for k, v in config.items() if k not in ROUND_KEYS})
-    return settings, server_round
-
-
-def prepare(msg: Message, context: Context) -> SiteRound:
-    """Resolve the site and load its rows, after its anonymization policy if tabular."""
-    settings, server_round = round_settings(msg)
-    site = resolve_site(dict(context.node_config), settings.sites_root)
+def prepare(request: SiteRequest, site: Site) -> SiteRound:
+    """Load the site's rows, after its anonymization policy if tabular."""
+    task, partition = request.settings.task, request.settings.partition
     table, anonymization = None, {}
-    if settings.task.name == "tabular":
-        table, anonymization = released_table(settings.task, site, settings.partition)
-    data = load_site_data(settings.task, site, settings.partition, table)
-    return SiteRound(settings, server_round, site, data, anonymization)
+    if task.name == "tabular":
+        table, anonymization = released_table(task, site, partition)
+    data = load_site_data(task, site, partition, table)
+    return SiteRound(request, site, data, anonymization)
 
 
 @functools.lru_cache(maxsize=8)
@@ -87,68 +76,116 @@ def released_table(task: TaskSettings, site: Site, partition: str) -> tuple[pd.D
     return apply_site_policy(table, site, cached_schema(task.schema))
 
 
-def budget_refusal(work: SiteRound, context: Context, run_id: str) -> ConfigRecord | None:
-    """The site's refusal if this round would pass its budget (recorded in its ledger)."""
-    if not work.settings.dp:
-        return None
-    with SiteBudget.open(work.site, work.settings, work.data, context.state) as budget:
-        try:
-            budget.plan_round(work.server_round)
-        except BudgetExhausted as refusal:
-            budget.record_refusal(run_id, work.server_round, refusal)
-            return ConfigRecord(refusal.to_record())
-    return None
+def site_rng(site: Site, request: SiteRequest) -> SecureRandom:
+    """The site's randomness: the OS CSPRNG, or (simulation research mode) its seed."""
+    if site.insecure_seed is None:
+        return SecureRandom()
+    digest = hashlib.sha256(
+        f"{site.insecure_seed}/{site.name}/{request.server_round}".encode()
+    ).digest()
+    return SecureRandom(insecure_seed=int.from_bytes(digest[:8], "big"))
 
 
-def local_update(msg: Message, context: Context, work: SiteRound) -> LocalUpdate:
-    """Train on the site's rows (DP-SGD when on) and record the privacy event it cost."""
-    settings = work.settings
-    privacy = ConfigRecord({"site": work.site.name})
+def noise_record(site: Site, rng: SecureRandom) -> dict:
+    """How the site drew its noise, for its ledger and the report."""
+    return {
+        "noise-source": rng.source,
+        "secure-rng": rng.secure,
+        "floor": site.floor.to_record(),
+        "public-record-count": site.public_record_count,
+    }
+
+
+def private_release(msg: Message, context: Context, work: SiteRound, budget: SiteBudget) -> Release:
+    """Train on the site's rows (DP-SGD unless the site allows otherwise) and record it."""
+    request, site, data = work.request, work.site, work.data
+    settings = request.settings
+    model = global_model(request, msg, data.num_features, data.num_classes)
+    rng = site_rng(site, request)
+    privacy = ConfigRecord({"site": site.name})
     if work.anonymization:
         privacy["anonymization"] = json.dumps(work.anonymization)
     if not settings.dp:
-        model, result = _train(msg, work, dp=None)
-        return LocalUpdate(model, result, privacy)
-    run_id = str(msg.metadata.run_id)
-    with SiteBudget.open(work.site, settings, work.data, context.state) as budget:
-        try:
-            dp = budget.plan_round(work.server_round)
-        except BudgetExhausted as refusal:
-            budget.record_refusal(run_id, work.server_round, refusal)
-            return LocalUpdate(refusal=ConfigRecord(refusal.to_record()))
-        model, result = _train(msg, work, dp)
-        summary = budget.record_round(run_id, work.server_round, dp, result)
-    privacy["summary"] = json.dumps(summary)
-    return LocalUpdate(model, result, privacy, epsilon=summary["epsilon"])
+        budget.record_plain_release(request.run_id, request.server_round, "train")
+        result = _train(model, work, rng, None)
+        return Release(privacy, model, result, _count(site, data))
+    dp, event = budget.plan_training(request.server_round, len(data.y_train))
+    reservation = Reservation(
+        request.run_id, request.server_round, "train", event, noise_record(site, rng)
+    )
+    epsilon = budget.reserve(reservation)
+    try:
+        result = _train(model, work, rng, dp)
+    except BaseException:
+        budget.cancel(reservation, "training failed before anything was released")
+        raise
+    budget.commit(reservation)
+    privacy["summary"] = json.dumps(budget.summary(reservation, epsilon))
+    return Release(privacy, model, result, _count(site, data))
 
 
-def masked_vector(msg: Message, work: SiteRound, update: LocalUpdate) -> tuple[np.ndarray, int]:
+def private_evaluation(
+    msg: Message, context: Context, work: SiteRound, budget: SiteBudget
+) -> Release:
+    """Sums over the site's validation rows (correct, loss, count), each with DP noise."""
+    request, site, data = work.request, work.site, work.data
+    if len(data.y_val) == 0:
+        raise Refused("no-validation-rows", f"{site.name}: it holds no validation rows")
+    model = global_model(request, msg, data.num_features, data.num_classes)
+    rng = site_rng(site, request)
+    sigma = site.floor.evaluation_noise_multiplier
+    event = evaluation_event(sigma)
+    reservation = Reservation(
+        request.run_id, request.server_round, "evaluate", event, noise_record(site, rng)
+    )
+    epsilon = budget.reserve(reservation)
+    correct, loss_sum = _evaluation_sums(model, data.x_val, data.y_val)
+    noisy = np.array([correct, loss_sum / LOSS_CAP, len(data.y_val)]) + rng.masked_normal(3, sigma)
+    budget.commit(reservation)
+    privacy = ConfigRecord(
+        {"site": site.name, "summary": json.dumps(budget.summary(reservation, epsilon))}
+    )
+    metrics = {
+        "eval-correct": float(noisy[0]),
+        "eval-loss-sum": float(noisy[1] * LOSS_CAP),
+        "eval-count": float(noisy[2]),
+    }
+    return Release(privacy, metrics=metrics)
+
+
+def masked_vector(msg: Message, work: SiteRound, release: Release) -> tuple[np.ndarray, int]:
     """The vector and weight this site puts into secure aggregation.
 
-    Without client-level DP: its model delta, weighted by its number of examples. With it:
-    the delta clipped to this round's C (before masking: the server never sees it), plus
-    this site's share of the noise in distributed mode, unweighted; under adaptive clipping
-    one more coordinate says whether the delta fitted in C, so only the count is revealed.
+    Without client-level DP: its model delta, weighted by its number of examples if the
+    site declared that number public, else by 1. With it: the delta clipped to this round's
+    C (before masking: the server never sees it), plus this site's share of the noise in
+    distributed mode, unweighted; under adaptive clipping one more coordinate says whether
+    the delta fitted in C, so only the count is revealed.
     """
-    config = msg.content["config"]
-    vector = flatten_update(update.model.state_dict(), msg.content["arrays"].to_torch_state_dict())
-    if not work.settings.client_dp:
-        return vector, update.result.num_examples
-    from privacy.client_dp import SecureGaussian, clip_update  # dp-accounting: slow to import
+    request = work.request
+    vector = flatten_update(release.model.state_dict(), msg.content["arrays"].to_torch_state_dict())
+    if not request.settings.client_dp:
+        weight = len(work.data.y_train) if work.site.public_record_count else 1
+        return vector, weight
+    from privacy.client_dp import clip_update  # dp-accounting: slow to import
 
-    (vector,), _, was_clipped = clip_update([vector], float(config["round-clip-norm"]))
-    share_std = float(config.get("round-noise-share-std", 0.0))
+    (vector,), _, was_clipped = clip_update([vector], request.float_setting("round-clip-norm"))
+    share_std = request.float_setting("round-noise-share-std")
     if share_std > 0:
-        vector = vector + SecureGaussian().normal(vector.shape, share_std)
-    if work.settings.client_dp_adaptive:
+        vector = vector + SecureRandom().normal(vector.shape, share_std)
+    if request.settings.client_dp_adaptive:
         vector = np.append(vector, 0.0 if was_clipped else 1.0)
     return vector, 1
 
 
-def _train(msg: Message, work: SiteRound, dp: object) -> tuple[torch.nn.Module, TrainResult]:
-    settings = work.settings
-    model = work.global_model(msg)
-    result = train(
+def _count(site: Site, data: SiteData) -> dict:
+    """The record count, sent only where the site declared it public."""
+    return {"num-examples": len(data.y_train)} if site.public_record_count else {}
+
+
+def _train(model: nn.Module, work: SiteRound, rng: SecureRandom, dp: object) -> TrainResult:
+    settings = work.request.settings
+    return train(
         model,
         work.data.x_train,
         work.data.y_train,
@@ -156,8 +193,20 @@ def _train(msg: Message, work: SiteRound, dp: object) -> tuple[torch.nn.Module, 
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         momentum=settings.momentum,
-        proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
+        proximal_mu=work.request.float_setting("proximal-mu"),
         dp=dp,
-        seed=settings.task.seed * 1000 + work.server_round,
+        rng=rng,
     )
-    return model, result
+
+
+def _evaluation_sums(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Correct predictions and the sum of per-example losses clipped to LOSS_CAP."""
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(xb) for xb in torch.as_tensor(np.array(x)).split(4096)])
+        target = torch.as_tensor(np.array(y))
+        losses = nn.functional.cross_entropy(logits, target, reduction="none")
+        losses = torch.nan_to_num(losses, nan=LOSS_CAP, posinf=LOSS_CAP).clamp(0.0, LOSS_CAP)
+        correct = (logits.argmax(1) == target).sum().item()
+    loss_sum = float(losses.sum().item())
+    return float(correct), loss_sum if math.isfinite(loss_sum) else LOSS_CAP * len(y)

@@ -1,27 +1,26 @@
 """A site's side of a deployment: its settings, and Flower's SuperNode started from them.
 
 What a site trains on and how much privacy it may spend are the site's decisions, so they
-live in the site's own state directory and reach the ClientApp through the SuperNode's
-node config, never through the server. Two files keep them across restarts:
-`site.toml` (data, policy, budget: the keys client/site.py reads) and `supernode.toml`
-(how to reach the server: address, CA, key, local port). The node config is written to
-`node-config.toml` (Flower reads a `.toml` path given to `--node-config`), so no path is
-ever quoted on a command line. Its keys: `state-dir`, `data-path`, `policy-path`,
-`max-epsilon`, `delta`.
+live in the site's own state directory, never in anything the server sends. Two files keep
+them across restarts: `site.toml` (data, policy, budget, privacy floor: the keys
+client/site.py validates) and `supernode.toml` (how to reach the server: address, CA, key,
+local port). The SuperNode's node config, written to `node-config.toml` (Flower reads a
+`.toml` path given to `--node-config`, so no path is ever quoted on a command line), names
+only the state directory.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
-from client.site import SITE_FILE, SITE_KEYS, read_site_file
+from client.site import SITE_FILE, read_site_file, site_settings
 from privacy.atomic import atomic_write_text
 from privacy.certs import fingerprint, load_certificate, load_node_private_key, parse_address
 from privacy.errors import FedVaultError
@@ -35,59 +34,43 @@ REJECTED_MARKS = ("Failed to activate SuperNode", "All SuperNodes must be regist
 
 @dataclass(frozen=True)
 class SiteSettings:
-    """A site's persistent settings; paths are absolute once resolved."""
+    """A site's persistent settings: how it reaches the server, and its own `site.toml` keys.
+
+    `site` holds validated site keys (client/site.py); paths in it are absolute.
+    """
 
     server: str
     ca: str
     key: str
     port: int = DEFAULT_CLIENT_PORT
-    data_path: str | None = None
-    policy_path: str | None = None
-    max_epsilon: float | None = None
-    delta: float | None = None
-    other: dict = field(default_factory=dict)
-    """Further `site.toml` keys this command does not set (kept as they are)."""
-
-
-def _key(name: str) -> str:
-    return name.replace("_", "-")
+    site: dict[str, Any] = field(default_factory=dict)
 
 
 CONNECTION_FIELDS = ("server", "ca", "key", "port")
-SITE_FIELDS = tuple(f.name for f in fields(SiteSettings) if _key(f.name) in SITE_KEYS)
+PATH_KEYS = {"data-path": "data file", "policy-path": "policy file"}
 
 
-def read_site_settings(state_dir: Path) -> dict:
-    """A site's saved settings as a field -> value dict ({} before the first start)."""
+def read_site_settings(state_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The saved connection settings and site keys ({} and {} before the first start)."""
     path = state_dir / CONNECTION_FILE
-    saved: dict = {}
+    connection: dict[str, Any] = {}
     if path.exists():
         try:
             with path.open("rb") as fh:
-                raw = tomllib.load(fh)
+                connection = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise FedVaultError(f"cannot read {path}: {exc}") from None
-        unknown = sorted(set(raw) - {_key(name) for name in CONNECTION_FIELDS})
+        unknown = sorted(set(connection) - set(CONNECTION_FIELDS))
         if unknown:
             raise FedVaultError(f"{path}: unknown setting {unknown[0]!r}")
-        saved.update(raw)
-    site = read_site_file(state_dir)
-    managed = {_key(name) for name in SITE_FIELDS}
-    saved.update({k: v for k, v in site.items() if k in managed})
-    settings = {name.replace("-", "_"): value for name, value in saved.items()}
-    settings["other"] = {k: v for k, v in site.items() if k not in managed}
-    return settings
+    return connection, read_site_file(state_dir)
 
 
 def write_site_settings(state_dir: Path, settings: SiteSettings) -> None:
     """Save both files atomically (0600) so the next start needs only --state-dir."""
-    values = {_key(k): v for k, v in asdict(settings).items() if v is not None}
-    for file, names, other in (
-        (CONNECTION_FILE, CONNECTION_FIELDS, {}),
-        (SITE_FILE, SITE_FIELDS, settings.other),
-    ):
-        table = {**other, **{_key(n): values[_key(n)] for n in names if _key(n) in values}}
-        atomic_write_text(state_dir / file, tomli_w.dumps(table), mode=0o600)
+    connection = {name: getattr(settings, name) for name in CONNECTION_FIELDS}
+    atomic_write_text(state_dir / CONNECTION_FILE, tomli_w.dumps(connection), mode=0o600)
+    atomic_write_text(state_dir / SITE_FILE, tomli_w.dumps(settings.site), mode=0o600)
 
 
 def _existing_file(value: str, what: str) -> str:
@@ -107,49 +90,37 @@ def _check_private(path: str) -> None:
         )
 
 
-def _typed(name: str, value: object) -> object:
-    kind = {"port": int, "max_epsilon": float, "delta": float}.get(name, str)
-    if kind is not str and isinstance(value, bool | str):
-        raise FedVaultError(f"site setting {_key(name)!r}: expected a number, got {value!r}")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise FedVaultError(f"site setting {_key(name)!r}: bad value {value!r}") from None
-
-
-def resolve_site_settings(state_dir: Path, **given: object) -> SiteSettings:
+def resolve_site_settings(
+    state_dir: Path, site: dict[str, Any] | None = None, **connection: object
+) -> SiteSettings:
     """Merge command-line values over the saved ones and validate the result.
 
-    `given` holds SiteSettings fields; None means "not given, keep the saved value".
+    `connection` holds server, ca, key and port; `site` holds site keys (`data-path`,
+    `max-epsilon`, ...). None means "not given, keep the saved value".
     """
-    merged = {**read_site_settings(state_dir), **{k: v for k, v in given.items() if v is not None}}
+    saved_connection, saved_site = read_site_settings(state_dir)
+    merged = {**saved_connection, **{k: v for k, v in connection.items() if v is not None}}
     missing = [f"--{k}" for k in ("server", "ca", "key") if merged.get(k) is None]
     if missing:
         raise FedVaultError(
             f"missing {', '.join(missing)} (needed on the first start, then saved in "
             f"{state_dir / CONNECTION_FILE})"
         )
-    other = merged.pop("other", {})
-    settings = SiteSettings(
-        **{name: _typed(name, value) for name, value in merged.items()}, other=other
-    )
-    parse_address(settings.server)
-    ca = _existing_file(settings.ca, "CA certificate")
+    given = {k: v for k, v in (site or {}).items() if v is not None}
+    keys = site_settings({**saved_site, **given}, str(state_dir / SITE_FILE), simulated=False)
+    for key, what in PATH_KEYS.items():
+        if key in keys:
+            keys[key] = _existing_file(keys[key], what)
+    port = merged.get("port", DEFAULT_CLIENT_PORT)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise FedVaultError(f"--port must be between 1 and 65535, got {port!r}")
+    parse_address(str(merged["server"]))
+    ca = _existing_file(str(merged["ca"]), "CA certificate")
     load_certificate(ca, "CA certificate")
-    key = _existing_file(settings.key, "node key")
+    key = _existing_file(str(merged["key"]), "node key")
     load_node_private_key(key)
     _check_private(key)
-    data = _existing_file(settings.data_path, "data file") if settings.data_path else None
-    policy = _existing_file(settings.policy_path, "policy file") if settings.policy_path else None
-    if settings.max_epsilon is not None and not (
-        math.isfinite(settings.max_epsilon) and settings.max_epsilon > 0
-    ):
-        raise FedVaultError(f"--max-epsilon must be a positive number, got {settings.max_epsilon}")
-    if settings.delta is not None and not 0 < settings.delta < 1:
-        raise FedVaultError(f"--delta must be between 0 and 1 (exclusive), got {settings.delta}")
-    if not 0 < settings.port < 65536:
-        raise FedVaultError(f"--port must be between 1 and 65535, got {settings.port}")
-    return replace(settings, ca=ca, key=key, data_path=data, policy_path=policy)
+    return SiteSettings(str(merged["server"]), ca, key, port, keys)
 
 
 def key_fingerprint(settings: SiteSettings) -> str:
@@ -157,23 +128,19 @@ def key_fingerprint(settings: SiteSettings) -> str:
     return fingerprint(load_node_private_key(settings.key).public_key())
 
 
-def node_config(state_dir: Path, settings: SiteSettings) -> dict[str, object]:
-    """The node config the ClientApp receives (the contract keys; unset ones left out)."""
-    config: dict[str, object] = {"state-dir": str(state_dir)}
-    optional = {
-        "data-path": settings.data_path,
-        "policy-path": settings.policy_path,
-        "max-epsilon": settings.max_epsilon,
-        "delta": settings.delta,
-    }
-    config.update({k: v for k, v in optional.items() if v is not None})
-    return config
+def node_config(state_dir: Path) -> dict[str, object]:
+    """The node config the ClientApp receives: only where the site's state lives.
+
+    Everything else the site decided is read from its `site.toml` there, so one file holds
+    the site's settings and one validator checks them.
+    """
+    return {"state-dir": str(state_dir)}
 
 
-def write_node_config(state_dir: Path, settings: SiteSettings) -> Path:
+def write_node_config(state_dir: Path) -> Path:
     """Write `node-config.toml` for `flower-supernode --node-config`."""
     path = state_dir / NODE_CONFIG_FILE
-    atomic_write_text(path, tomli_w.dumps(node_config(state_dir, settings)), mode=0o600)
+    atomic_write_text(path, tomli_w.dumps(node_config(state_dir)), mode=0o600)
     return path
 
 

@@ -1,10 +1,14 @@
-"""Local training and evaluation at a site, with or without DP-SGD (Opacus).
+"""Local training at a site, with or without DP-SGD, its randomness drawn at the site.
 
-Private and non-private training share one loop. With DP, Opacus clips each example's
-gradient to `clip_norm`, adds Gaussian noise of scale `noise_multiplier * clip_norm`, and
-draws batches by Poisson sampling, the assumption its accountants (and ours) make. The
-privacy cost is returned as the event that actually ran (q, sigma, steps); epsilon is
-derived from events in the site's ledger, never from a per-round accountant.
+With DP, Opacus computes each example's gradient and clips it to `clip_norm`; the noise and
+the Poisson sampling, the two random choices the guarantee rests on, come from the site's
+`SecureRandom` (the OS CSPRNG), never from a seed in the run settings. The pieces are
+Opacus' own (`wrap_model`, `DPOptimizer`, its empty-batch collation); only the noise source
+and the batch sampler are FedVault's, so the noise is Opacus' `secure_mode` noise (four
+Gaussians summed, halved) without the torchcsprng package that mode needs. Every Poisson
+batch is one noisy step, an empty one included, as the accountant assumes. The privacy cost
+is returned as the event that actually ran (q, sigma, steps); epsilon is derived from events
+in the site's ledger.
 
 FedProx's proximal term is applied as a step toward the global weights after each optimizer
 step. It depends on no example, so it is the same under DP, where a loss term on the weights
@@ -13,7 +17,7 @@ alone would be lost when Opacus replaces the gradient with the clipped per-sampl
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from privacy.errors import FedVaultError
+from privacy.randomness import SecureRandom
 
 
 @dataclass(frozen=True)
@@ -30,18 +35,63 @@ class DpSgd:
 
     noise_multiplier: float
     clip_norm: float
-    secure_mode: bool = False
+    sample_rate: float
     grad_sample_mode: str = "ew"
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one round of local training did: examples seen, mean loss, and its DP event."""
+    """What one round of local training did: examples, mean batch loss, and its DP steps."""
 
     num_examples: int
     loss: float
-    sample_rate: float = 0.0
     steps: int = 0
+
+
+def poisson_plan(num_records: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """Sampling rate and steps of a Poisson loader: q = 1/ceil(N/B), ceil(N/B) per epoch."""
+    batches = -(-num_records // min(batch_size, num_records))
+    return 1.0 / batches, epochs * batches
+
+
+class PoissonBatches:
+    """Batches of a Poisson-sampled epoch: each record joins each batch with probability q."""
+
+    def __init__(self, num_records: int, sample_rate: float, rng: SecureRandom) -> None:
+        self.num_records = num_records
+        self.sample_rate = sample_rate
+        self.rng = rng
+
+    def __len__(self) -> int:
+        return round(1 / self.sample_rate)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(len(self)):
+            mask = self.rng.bernoulli(self.num_records, self.sample_rate)
+            yield np.flatnonzero(mask).tolist()
+
+
+def _site_optimizer_class() -> type:
+    from opacus.optimizers import DPOptimizer
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    class SiteNoiseOptimizer(DPOptimizer):
+        """Opacus' DPOptimizer with its noise drawn from the site's SecureRandom."""
+
+        def __init__(self, *args: object, rng: SecureRandom, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self.rng = rng
+
+        def add_noise(self) -> None:
+            std = self.noise_multiplier * self.max_grad_norm
+            for p in self.params:
+                _check_processed_flag(p.summed_grad)
+                noise = self.rng.masked_normal(tuple(p.summed_grad.shape), std)
+                noise_tensor = torch.from_numpy(noise).to(p.summed_grad.dtype)
+                p.grad = (p.summed_grad + noise_tensor).view_as(p)
+                _mark_as_processed(p.summed_grad)
+
+    return SiteNoiseOptimizer
 
 
 def train(
@@ -52,48 +102,43 @@ def train(
     epochs: int,
     batch_size: int,
     learning_rate: float,
+    rng: SecureRandom,
     momentum: float = 0.0,
     proximal_mu: float = 0.0,
     dp: DpSgd | None = None,
-    seed: int = 0,
 ) -> TrainResult:
-    """Train `model` in place on (x, y); returns the loss and, with DP, the steps and q."""
+    """Train `model` in place on (x, y); returns the mean batch loss and, with DP, the steps."""
     if len(x) == 0:
         raise FedVaultError("this site has no training records")
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
-        batch_size=min(batch_size, len(x)),
-        shuffle=True,
-        generator=generator,
-    )
+    dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
     global_weights = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
-    trained = model
-    if dp is not None:
-        trained, optimizer, loader = _make_private(model, optimizer, loader, dp)
+    if dp is None:
+        generator = torch.Generator().manual_seed(int(rng.uniform(1)[0] * 2**53))
+        loader = DataLoader(
+            dataset, batch_size=min(batch_size, len(x)), shuffle=True, generator=generator
+        )
+        optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
+        trained = model
+    else:
+        trained, optimizer, loader = _make_private(model, dataset, learning_rate, momentum, dp, rng)
     trained.train()
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     losses: list[float] = []
     steps = 0
     for _ in range(epochs):
         for xb, yb in loader:
-            if len(xb) == 0:
-                continue
             optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(trained(xb), yb)
-            loss.backward()
+            if len(xb) == 0:
+                _empty_batch(trained)
+            else:
+                loss = nn.functional.cross_entropy(trained(xb), yb)
+                loss.backward()
+                losses.append(loss.item())
             optimizer.step()
             if proximal_mu > 0:
                 _proximal_step(model, global_weights, learning_rate * proximal_mu)
-            losses.append(loss.item())
             steps += 1
-    if dp is None:
-        return TrainResult(len(x), float(np.mean(losses)) if losses else 0.0)
-    # Poisson batches may be empty: every drawn batch counts as a step for the accountant.
-    steps = epochs * len(loader)
-    return TrainResult(len(x), float(np.mean(losses)) if losses else 0.0, loader.sample_rate, steps)
+    mean_loss = float(np.mean(losses)) if losses else 0.0
+    return TrainResult(len(x), mean_loss, steps if dp is not None else 0)
 
 
 def check_model(model: nn.Module, fix: bool = False) -> nn.Module:
@@ -112,24 +157,48 @@ def check_model(model: nn.Module, fix: bool = False) -> nn.Module:
 
 
 def _make_private(
-    model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, dp: DpSgd
+    model: nn.Module,
+    dataset: TensorDataset,
+    learning_rate: float,
+    momentum: float,
+    dp: DpSgd,
+    rng: SecureRandom,
 ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
-    from opacus import PrivacyEngine
+    from opacus.data_loader import wrap_collate_with_empty
+    from opacus.grad_sample import wrap_model
+    from torch.utils.data._utils.collate import default_collate
 
     check_model(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        engine = PrivacyEngine(secure_mode=dp.secure_mode)
-        private_model, private_optimizer, private_loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.clip_norm,
-            poisson_sampling=True,
-            grad_sample_mode=dp.grad_sample_mode,
-        )
-    return private_model, private_optimizer, private_loader
+    num_records = len(dataset)
+    private_model = wrap_model(
+        model, grad_sample_mode=dp.grad_sample_mode, batch_first=True, loss_reduction="mean"
+    )
+    sample_x, sample_y = dataset[0]
+    loader = DataLoader(
+        dataset,
+        batch_sampler=PoissonBatches(num_records, dp.sample_rate, rng),
+        collate_fn=wrap_collate_with_empty(
+            collate_fn=default_collate,
+            sample_empty_shapes=[(0, *sample_x.shape), (0, *sample_y.shape)],
+            dtypes=[sample_x.dtype, sample_y.dtype],
+        ),
+    )
+    optimizer = _site_optimizer_class()(
+        torch.optim.SGD(private_model.parameters(), lr=learning_rate, momentum=momentum),
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.clip_norm,
+        expected_batch_size=num_records * dp.sample_rate,
+        loss_reduction="mean",
+        rng=rng,
+    )
+    return private_model, optimizer, loader
+
+
+def _empty_batch(model: nn.Module) -> None:
+    """An empty Poisson batch contributes no gradient: the step is noise alone."""
+    for param in model.parameters():
+        if param.requires_grad:
+            param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype)
 
 
 def _proximal_step(model: nn.Module, global_weights: list[torch.Tensor], rate: float) -> None:

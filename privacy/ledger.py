@@ -1,51 +1,56 @@
 """Append-only, hash-chained SQLite ledger of privacy-relevant events.
 
-A site keeps one in its state directory, bound to the fingerprint of its training data, so a
-new run on the same data continues from what was already spent; the server keeps one per
-run. SQLite gives crash safety (a row is committed whole or not at all) and triggers that
-refuse UPDATE and DELETE; the hash chain makes any edit made around those triggers (editing
-the file directly) visible to `verify()`. Truncating the newest rows is only visible against
-a head hash kept elsewhere (a checkpoint or a signed report).
+A site keeps one per data source in its state directory, bound to the dataset identity the
+site declares, so a new run on the same data continues from what was already spent; the
+server keeps one per run. The first row (genesis) binds the ledger's kind and dataset
+identity into the chain: there is no side table to edit. SQLite gives crash safety (a row
+is committed whole or not at all) and triggers that refuse UPDATE and DELETE; the hash
+chain makes an edit made around those triggers visible to `verify()` unless the editor
+recomputes every later hash. Re-chaining and truncation are only visible against a head
+kept elsewhere: a signed head (the site's, in the run ledger and the report) or a
+checkpoint.
+
+`exclusive()` runs a read-decide-append sequence as one exclusive SQLite transaction, so
+two processes that check a budget against the same ledger are serialised: the second sees
+the first's row before it decides.
 
 The file uses SQLite's default rollback journal rather than WAL, so the database file alone
-is always the complete ledger and can be copied or checkpointed by itself.
+is always the complete ledger and can be copied by itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
-
-from privacy.atomic import atomic_path
 from privacy.errors import FedVaultError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = 2
+GENESIS = "genesis"
 GENESIS_HASH = "0" * 64
+LOCK_TIMEOUT_S = 300.0  # how long a writer waits for another process's transaction
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 _SCHEMA = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
     "CREATE TABLE rows (seq INTEGER PRIMARY KEY, time TEXT NOT NULL, kind TEXT NOT NULL,"
     " payload TEXT NOT NULL, prev_hash TEXT NOT NULL, row_hash TEXT NOT NULL)",
     *(
-        f"CREATE TRIGGER {table}_no_{action} BEFORE {action.upper()} ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, 'ledger {table} are append-only'); END"
-        for table in ("rows", "meta")
+        f"CREATE TRIGGER rows_no_{action} BEFORE {action.upper()} ON rows "
+        f"BEGIN SELECT RAISE(ABORT, 'ledger rows are append-only'); END"
         for action in ("update", "delete")
     ),
 )
-_TABLES = {"meta", "rows"}
+_SELECT = "SELECT seq, time, kind, payload, prev_hash, row_hash FROM rows"
 
 
 @dataclass(frozen=True)
@@ -73,42 +78,36 @@ def row_hash(prev_hash: str, seq: int, time: str, kind: str, payload_json: str) 
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def dataset_fingerprint(data: bytes | np.ndarray | Iterable[bytes | np.ndarray]) -> str:
-    """sha256 hex over training data: bytes, an array, or a sequence of them (e.g. X, y).
-
-    Arrays contribute dtype, shape and contents, so the same data gives the same fingerprint
-    whatever its memory layout, and a reshaped or retyped copy gives another.
-    """
-    parts = [data] if isinstance(data, bytes | np.ndarray) else list(data)
-    digest = hashlib.sha256(b"fedvault-dataset-v1\n")
-    for part in parts:
-        if isinstance(part, bytes):
-            header, body = f"bytes {len(part)}\n", part
-        else:
-            array = np.asarray(part)
-            if array.dtype.hasobject:
-                raise TypeError("object arrays have no stable bytes; fingerprint encoded data")
-            header = f"array {array.dtype.str} {list(array.shape)}\n"
-            body = np.ascontiguousarray(array).tobytes()
-        digest.update(header.encode("ascii"))
-        digest.update(body)
-    return digest.hexdigest()
-
-
 def _check_name(what: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"{what} must match {_NAME.pattern}, got {name!r}")
     return name
 
 
+class Transaction:
+    """Reads and appends inside one exclusive transaction (see `Ledger.exclusive`)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def rows(self, kind: str | None = None) -> list[Row]:
+        return self._ledger._parse(self._ledger._select(kind))
+
+    def append(self, kind: str, payload: dict[str, Any]) -> Row:
+        _check_name("row kind", kind)
+        if kind == GENESIS:
+            raise ValueError("only a new ledger has a genesis row")
+        return _insert(self._ledger._conn, kind, canonical_json(payload))
+
+
 class Ledger:
     """An open ledger file. Use `Ledger.open`; one connection, safe to share between threads."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, meta: dict[str, str | None]):
+    def __init__(self, path: Path, conn: sqlite3.Connection, genesis: Row) -> None:
         self.path = path
-        self.kind: str = meta["kind"] or ""
-        self.fingerprint: str | None = meta["fingerprint"]
-        self.created: str = meta["created"] or ""
+        self.kind: str = str(genesis.payload.get("ledger", ""))
+        self.dataset: str | None = genesis.payload.get("dataset")
+        self.created: str = genesis.time
         self._conn = conn
         self._lock = threading.Lock()
 
@@ -117,17 +116,18 @@ class Ledger:
         cls,
         path: str | Path,
         kind: str,
-        fingerprint: str | None = None,
+        dataset: str | None = None,
         *,
         create: bool = True,
         verify_chain: bool = True,
     ) -> Ledger:
         """Open the ledger at `path` (creating it if missing and `create`).
 
-        `kind` (e.g. "site", "server") and `fingerprint` must match those it was created
-        with; fingerprint None accepts any when opening an existing ledger. With
-        `verify_chain`, a broken hash chain raises FedVaultError; pass False to open a
-        damaged ledger and inspect it with `verify()`.
+        `kind` (e.g. "site", "run") and `dataset` (the identity of the data whose privacy
+        the ledger accounts for) must match those in its genesis row; dataset None accepts
+        any when opening an existing ledger. With `verify_chain`, a broken hash chain
+        raises FedVaultError; pass False to open a damaged ledger and inspect it with
+        `verify()`.
         """
         _check_name("ledger kind", kind)
         path = Path(path)
@@ -137,70 +137,60 @@ class Ledger:
             path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and not path.is_file():
             raise FedVaultError(f"ledger path {path} is not a file")
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT_S
+        )
         try:
-            meta = _initialize(conn, path, kind, fingerprint)
+            genesis = _initialize(conn, path, kind, dataset)
         except BaseException:
             conn.close()
             raise
-        if meta["kind"] != kind:
-            conn.close()
-            raise FedVaultError(f"ledger at {path} is a {meta['kind']!r} ledger, not {kind!r}")
-        if fingerprint is not None and meta["fingerprint"] != fingerprint:
-            conn.close()
-            raise FedVaultError(
-                f"ledger at {path} belongs to dataset fingerprint "
-                f"{(meta['fingerprint'] or 'none')[:16]}..., not {fingerprint[:16]}..."
+        ledger = cls(path, conn, genesis)
+        problem = None
+        if ledger.kind != kind:
+            problem = f"ledger at {path} is a {ledger.kind!r} ledger, not {kind!r}"
+        elif dataset is not None and ledger.dataset != dataset:
+            problem = (
+                f"ledger at {path} belongs to dataset {ledger.dataset!r}, not {dataset!r}; "
+                "it is refused, never reset"
             )
-        ledger = cls(path, conn, meta)
-        if verify_chain:
-            bad = ledger.verify()
-            if bad is not None:
-                ledger.close()
-                raise FedVaultError(
-                    f"ledger at {path} has been tampered with or damaged: "
-                    f"first bad row is seq {bad}"
-                )
+        elif verify_chain and (bad := ledger.verify()) is not None:
+            problem = (
+                f"ledger at {path} has been tampered with or damaged: first bad row is seq {bad}"
+            )
+        if problem:
+            ledger.close()
+            raise FedVaultError(problem)
         return ledger
 
-    def append(self, kind: str, payload: dict[str, Any]) -> Row:
-        """Add one row after the current head, atomically; return it."""
-        _check_name("row kind", kind)
-        payload_json = canonical_json(payload)
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[Transaction]:
+        """One exclusive transaction: what is read inside it stays true until it commits.
+
+        Rows appended inside are committed together when the block ends, and none of them
+        if it raises.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("BEGIN EXCLUSIVE")
             try:
-                last = self._conn.execute(
-                    "SELECT seq, row_hash FROM rows ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
-                seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
-                time = datetime.now(UTC).isoformat(timespec="microseconds")
-                digest = row_hash(prev, seq, time, kind, payload_json)
-                self._conn.execute(
-                    "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?)",
-                    (seq, time, kind, payload_json, prev, digest),
-                )
+                yield Transaction(self)
                 self._conn.execute("COMMIT")
             finally:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-        return Row(seq, time, kind, json.loads(payload_json), prev, digest)
+
+    def append(self, kind: str, payload: dict[str, Any]) -> Row:
+        """Add one row after the current head, atomically; return it."""
+        with self.exclusive() as tx:
+            return tx.append(kind, payload)
 
     def rows(self, kind: str | None = None) -> list[Row]:
-        """All rows in order, or only those of `kind`."""
-        rows = []
-        for seq, time, row_kind, payload_json, prev, digest in self._select(kind):
-            try:
-                payload = json.loads(payload_json)
-            except json.JSONDecodeError as exc:
-                raise FedVaultError(
-                    f"ledger at {self.path} row {seq} has a corrupt payload"
-                ) from exc
-            rows.append(Row(seq, time, row_kind, payload, prev, digest))
-        return rows
+        """All rows in order (the genesis row first), or only those of `kind`."""
+        with self._lock:
+            return self._parse(self._select(kind))
 
     def head(self) -> str:
-        """Hash of the newest row (GENESIS_HASH when empty): commits to the whole history."""
+        """Hash of the newest row: commits to the whole history, genesis included."""
         with self._lock:
             last = self._conn.execute(
                 "SELECT row_hash FROM rows ORDER BY seq DESC LIMIT 1"
@@ -208,16 +198,21 @@ class Ledger:
         return last[0] if last else GENESIS_HASH
 
     def __len__(self) -> int:
+        """Number of rows after the genesis row."""
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
+            return int(self._conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0]) - 1
 
     def verify(self) -> int | None:
         """Seq of the first row that breaks the chain (edited, missing, moved), None if intact."""
         expected_seq, prev = 1, GENESIS_HASH
-        for seq, time, kind, payload_json, stored_prev, digest in self._select(None):
+        with self._lock:
+            stored = self._select(None)
+        for seq, time, kind, payload_json, stored_prev, digest in stored:
             if seq != expected_seq or stored_prev != prev:
                 return expected_seq
             if digest != row_hash(prev, seq, time, kind, payload_json):
+                return expected_seq
+            if (seq == 1) != (kind == GENESIS):
                 return expected_seq
             try:
                 if canonical_json(json.loads(payload_json)) != payload_json:
@@ -225,16 +220,7 @@ class Ledger:
             except (ValueError, TypeError):
                 return expected_seq
             expected_seq, prev = seq + 1, digest
-        return None
-
-    def snapshot(self, dest: str | Path) -> None:
-        """Write a consistent copy of the ledger to `dest` atomically (for checkpoints)."""
-        with self._lock, atomic_path(dest) as tmp:
-            target = sqlite3.connect(tmp)
-            try:
-                self._conn.backup(target)
-            finally:
-                target.close()
+        return None if expected_seq > 1 else 1
 
     def close(self) -> None:
         """Close the connection; the object is unusable afterwards."""
@@ -252,21 +238,44 @@ class Ledger:
     ) -> None:
         self.close()
 
+    # -- internals: callers hold self._lock ------------------------------------------------
+
     def _select(self, kind: str | None) -> list[tuple[Any, ...]]:
-        query = "SELECT seq, time, kind, payload, prev_hash, row_hash FROM rows"
-        with self._lock:
-            if kind is None:
-                return self._conn.execute(f"{query} ORDER BY seq").fetchall()
-            return self._conn.execute(f"{query} WHERE kind = ? ORDER BY seq", (kind,)).fetchall()
+        if kind is None:
+            return self._conn.execute(f"{_SELECT} ORDER BY seq").fetchall()
+        return self._conn.execute(f"{_SELECT} WHERE kind = ? ORDER BY seq", (kind,)).fetchall()
+
+    def _parse(self, stored: list[tuple[Any, ...]]) -> list[Row]:
+        rows = []
+        for seq, time, kind, payload_json, prev, digest in stored:
+            try:
+                payload = json.loads(payload_json)
+            except json.JSONDecodeError as exc:
+                raise FedVaultError(
+                    f"ledger at {self.path} row {seq} has a corrupt payload"
+                ) from exc
+            rows.append(Row(seq, time, kind, payload, prev, digest))
+        return rows
 
 
-def _initialize(
-    conn: sqlite3.Connection, path: Path, kind: str, fingerprint: str | None
-) -> dict[str, str | None]:
-    """Create the schema in an empty database, or read the meta of an existing ledger."""
+def _insert(conn: sqlite3.Connection, kind: str, payload_json: str) -> Row:
+    """Append a row inside the caller's transaction."""
+    last = conn.execute("SELECT seq, row_hash FROM rows ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
+    time = datetime.now(UTC).isoformat(timespec="microseconds")
+    digest = row_hash(prev, seq, time, kind, payload_json)
+    conn.execute(
+        "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?)",
+        (seq, time, kind, payload_json, prev, digest),
+    )
+    return Row(seq, time, kind, json.loads(payload_json), prev, digest)
+
+
+def _initialize(conn: sqlite3.Connection, path: Path, kind: str, dataset: str | None) -> Row:
+    """Create the table and the genesis row in an empty database; return the genesis row."""
     try:
         conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN EXCLUSIVE")
         try:
             tables = {
                 name
@@ -275,29 +284,30 @@ def _initialize(
             if not tables:
                 for statement in _SCHEMA:
                     conn.execute(statement)
-                created = datetime.now(UTC).isoformat(timespec="seconds")
-                conn.executemany(
-                    "INSERT INTO meta VALUES (?, ?)",
-                    [
-                        ("schema_version", SCHEMA_VERSION),
-                        ("kind", kind),
-                        ("fingerprint", fingerprint),
-                        ("created", created),
-                    ],
-                )
-                tables = set(_TABLES)
+                genesis = {"ledger": kind, "dataset": dataset, "schema": SCHEMA_VERSION}
+                _insert(conn, GENESIS, canonical_json(genesis))
+                tables = {"rows"}
             conn.execute("COMMIT")
         finally:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-        if tables != _TABLES:
-            raise FedVaultError(f"{path} is not a FedVault ledger (tables {sorted(tables)})")
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if tables != {"rows"}:
+            raise FedVaultError(
+                f"{path} is not a FedVault ledger of schema {SCHEMA_VERSION} "
+                f"(tables {sorted(tables)})"
+            )
+        first = conn.execute(f"{_SELECT} WHERE seq = 1").fetchone()
     except sqlite3.DatabaseError as exc:
         raise FedVaultError(f"{path} is not a FedVault ledger ({exc})") from exc
-    if meta.get("schema_version") != SCHEMA_VERSION:
+    if first is None or first[2] != GENESIS:
+        raise FedVaultError(f"{path} has no genesis row: not a FedVault ledger, or damaged")
+    seq, time, row_kind, payload_json, prev, digest = first
+    try:
+        payload = json.loads(payload_json)
+    except json.JSONDecodeError:
+        raise FedVaultError(f"{path}: its genesis row is corrupt") from None
+    if payload.get("schema") != SCHEMA_VERSION:
         raise FedVaultError(
-            f"{path} has ledger schema version {meta.get('schema_version')!r}, "
-            f"expected {SCHEMA_VERSION!r}"
+            f"{path} has ledger schema {payload.get('schema')!r}, expected {SCHEMA_VERSION}"
         )
-    return {key: meta.get(key) for key in ("kind", "fingerprint", "created")}
+    return Row(seq, time, row_kind, payload, prev, digest)

@@ -24,7 +24,6 @@ import numpy as np
 from privacy.client_dp import (
     AdaptiveClipper,
     ClientDpEvent,
-    SecureGaussian,
     central_noise_std,
     client_level_epsilon,
     clip_update,
@@ -32,6 +31,7 @@ from privacy.client_dp import (
     sample_clients,
     would_exceed,
 )
+from privacy.randomness import SecureRandom
 from tasks.settings import RunSettings
 
 
@@ -48,9 +48,9 @@ class RoundPlan:
 class ClientLevelDp:
     """The run's client-level DP state: clip norm, events so far, noise source."""
 
-    def __init__(self, settings: RunSettings, gaussian: SecureGaussian | None = None) -> None:
+    def __init__(self, settings: RunSettings, gaussian: SecureRandom | None = None) -> None:
         self.settings = settings
-        self.gaussian = gaussian or SecureGaussian()
+        self.gaussian = gaussian or SecureRandom()
         self.events: list[ClientDpEvent] = []
         self.clipper = (
             AdaptiveClipper(

@@ -35,6 +35,7 @@ from server.client_dp import ClientLevelDp, RoundPlan, clip_and_sum
 from server.rundir import RunDirectory
 from server.secure_round import secure_train_round
 from server.strategies import make_strategy
+from server.transport import record_transport
 from tasks.evaluation import evaluate
 from tasks.registry import build_model, load_dataset
 from tasks.settings import RunSettings
@@ -88,6 +89,8 @@ def run_federation(
         run_id = resume.run_id
     rundir.start(settings.to_config(), run_id=run_id, resumed=resume is not None)
     ledger = Ledger.open(rundir.path / "run-ledger.sqlite", kind="run")
+    if settings.sites_root == "":
+        record_transport(ledger)
     try:
         final, model = _rounds(grid, settings, rundir, ledger, progress, run_id, resume)
     except BaseException as exc:
@@ -193,11 +196,13 @@ def _rounds(
             new_arrays, _ = strategy.aggregate_train(server_round, [aggregate])
             if new_arrays is not None:
                 arrays = new_arrays
-        if replies.ok:
-            contents = [reply.content for reply in replies.ok]
-            train_metrics = strategy.train_metrics_aggr_fn(contents, strategy.weighted_by_key)
-            metrics.update(_prefixed("train", train_metrics))
-        metrics.update(_evaluate_at_sites(grid, strategy, server_round, arrays, train_config))
+        epsilons = _site_epsilons(replies.ok)
+        if epsilons:
+            metrics["max-site-epsilon"] = max(epsilons)
+        if settings.fraction_evaluate > 0:
+            metrics.update(
+                _evaluate_at_sites(grid, strategy, server_round, arrays, train_config, ledger)
+            )
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
         metrics.update({"test-loss": loss, "test-accuracy": accuracy})
@@ -234,7 +239,7 @@ def _plain_round(
     if not replies.ok:
         return TrainOutcome(replies, None)
     states = [reply.content["arrays"].to_torch_state_dict() for reply in replies.ok]
-    weights = [int(reply.content["metrics"]["num-examples"]) for reply in replies.ok]
+    weights = [_weight(reply) for reply in replies.ok]
     total = sum(weights)
     mean = {
         key: sum(w * state[key].double() for w, state in zip(weights, states, strict=True)) / total
@@ -242,6 +247,14 @@ def _plain_round(
     }
     old = arrays.to_torch_state_dict()
     return TrainOutcome(replies, {k: v.to(old[k].dtype) for k, v in mean.items()}, weight=total)
+
+
+def _weight(reply: Message) -> int:
+    """A site's FedAvg weight: its record count where it declared it public, else 1."""
+    metrics = reply.content.get("metrics")
+    if metrics is None or "num-examples" not in metrics:
+        return 1
+    return max(1, int(metrics["num-examples"]))
 
 
 def _secure_round(
@@ -383,8 +396,18 @@ def _check_round(server_round: int, replies: RoundReplies, secure: dict) -> None
 
 
 def _evaluate_at_sites(
-    grid: Grid, strategy: object, server_round: int, arrays: ArrayRecord, config: ConfigRecord
+    grid: Grid,
+    strategy: object,
+    server_round: int,
+    arrays: ArrayRecord,
+    config: ConfigRecord,
+    ledger: Ledger,
 ) -> dict:
+    """The sites' DP-noised evaluation sums, pooled: accuracy and loss over all their rows.
+
+    Sites answer only if they allow evaluation, each sum carrying noise they account for;
+    the rest refuse, which is recorded and not an error.
+    """
     replies = split_replies(
         list(
             grid.send_and_receive(
@@ -393,9 +416,28 @@ def _evaluate_at_sites(
             )
         )
     )
-    if not replies.ok:
-        return {}
-    return _prefixed("client", strategy.aggregate_evaluate(server_round, replies.ok))
+    _record_privacy(ledger, server_round, replies)
+    sums = [dict(reply.content["metrics"]) for reply in replies.ok]
+    count = sum(float(m.get("eval-count", 0.0)) for m in sums)
+    if count < 1:
+        return {"sites-evaluated": len(sums)} if sums else {}
+    return {
+        "sites-evaluated": len(sums),
+        "client-eval-accuracy": sum(float(m["eval-correct"]) for m in sums) / count,
+        "client-eval-loss": sum(float(m["eval-loss-sum"]) for m in sums) / count,
+    }
+
+
+def _site_epsilons(replies: list[Message]) -> list[float]:
+    """Each replying site's cumulative epsilon, from the privacy summary it sent."""
+    epsilons = []
+    for reply in replies:
+        privacy = reply.content.get("privacy")
+        if privacy is not None and "summary" in privacy:
+            epsilon = json.loads(str(privacy["summary"])).get("epsilon")
+            if isinstance(epsilon, int | float):
+                epsilons.append(float(epsilon))
+    return epsilons
 
 
 def _record_privacy(ledger: Ledger, server_round: int, replies: RoundReplies) -> None:
@@ -414,9 +456,3 @@ def _record_privacy(ledger: Ledger, server_round: int, replies: RoundReplies) ->
             ledger.append("anonymization", {"site": site, "round": server_round, **report})
     for refusal in replies.refusals:
         ledger.append("refusal", {**refusal, "round": server_round})
-
-
-def _prefixed(prefix: str, record: object) -> dict:
-    if record is None:
-        return {}
-    return {f"{prefix}-{k}" if not k.startswith(prefix) else k: v for k, v in dict(record).items()}

@@ -106,6 +106,17 @@ def prepare_server(
     return settings
 
 
+def transport_record(settings: ServerSettings) -> dict[str, object]:
+    """What `fedvault server` starts the SuperLink with, for the runs to record."""
+    return {
+        "tls": True,
+        "node-authentication": True,
+        "fleet-only-proxy": settings.proxy,
+        "source": "recorded by `fedvault server`, which started the SuperLink with TLS "
+        f"(CA {settings.certs.ca_cert}) and SuperNode authentication",
+    }
+
+
 def _nginx_search_path() -> str:
     """PATH plus the sbin directories, where Debian installs nginx."""
     return os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])

@@ -17,10 +17,12 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import tomli_w
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from client.data import cached_dataset, partition_rows
+from client.site import SITE_FILE, read_site_file, site_settings
 from privacy.atomic import atomic_write_text
 from privacy.errors import FedVaultError
 from server.federation import ProgressFn, run_federation
@@ -62,11 +64,17 @@ def prepare_run(
         )
     dataset = cached_dataset(settings.task)
     partition_rows(dataset, settings.partition_spec, scenario.num_sites, settings.task.seed)
+    written = {}
     for index in range(scenario.num_sites):
         site_dir = sites_root / f"site-{index}"
+        if not (site_dir / SITE_FILE).exists():
+            where = f"scenario {scenario.name} [sites] (site-{index})"
+            written[site_dir] = site_settings(scenario.site_settings(index), where, simulated=True)
+        else:
+            site_settings(read_site_file(site_dir), str(site_dir / SITE_FILE), simulated=True)
+    for site_dir, values in written.items():
         site_dir.mkdir(parents=True, exist_ok=True)
-        if not (site_dir / "site.toml").exists():
-            atomic_write_text(site_dir / "site.toml", _toml(scenario.site_settings(index)))
+        atomic_write_text(site_dir / SITE_FILE, tomli_w.dumps(values))
     return settings
 
 
@@ -168,17 +176,3 @@ def _shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
-
-
-def _toml(settings: dict) -> str:
-    lines = []
-    for key, value in settings.items():
-        literal = (
-            f'"{value}"'
-            if isinstance(value, str)
-            else repr(value).lower()
-            if isinstance(value, bool)
-            else repr(value)
-        )
-        lines.append(f"{key} = {literal}")
-    return "\n".join(lines) + "\n"

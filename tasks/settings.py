@@ -30,7 +30,7 @@ class RunSettings:
     partition: str = "iid"
     num_rounds: int = 8
     fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
+    fraction_evaluate: float = 0.0
     min_sites: int = 2
     local_epochs: int = 2
     batch_size: int = 32
@@ -47,7 +47,6 @@ class RunSettings:
     clip_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "prv"
-    secure_mode: bool = False
     grad_sample_mode: str = "ew"
     secagg: bool = True
     secagg_neighbours: int = 0

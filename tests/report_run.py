@@ -1,6 +1,7 @@
 """Builds small run directories laid out as a FedVault run writes them, for the report tests.
 
-Site ledgers get "dp_event" rows through `record_dp_event`, and the run ledger gets the
+Site ledgers get reserved and committed spending through `privacy.dp_ledger`, and the run
+ledger gets the
 "site_round" summaries a site sends (epsilon computed from its whole history, as
 client/budget.py does), so the report sees exactly the formats of a real run, in seconds.
 """
@@ -11,8 +12,8 @@ import json
 from pathlib import Path
 
 from privacy.accounting import PrivacyEvent, compute_epsilon
-from privacy.dp_ledger import record_dp_event
-from privacy.ledger import Ledger, dataset_fingerprint
+from privacy.dp_ledger import Reservation, commit, reserve, spent_events
+from privacy.ledger import Ledger
 from tasks.settings import RunSettings
 
 DELTA = 1e-5
@@ -53,14 +54,13 @@ def make_run(
     run_ledger = Ledger.open(run_dir / "run-ledger.sqlite", kind="run")
     site_ledgers = []
     for i in range(sites):
-        fp = dataset_fingerprint(f"site-{i}".encode())
         ledger = Ledger.open(
-            run_dir / "sites" / f"site-{i}" / f"ledger-{fp[:16]}.sqlite",
+            run_dir / "sites" / f"site-{i}" / f"ledger-site-{i}.sqlite",
             kind="site",
-            fingerprint=fp,
+            dataset=f"/data/site-{i}.csv",
         )
         for r in range(1, prior_rounds + 1):
-            record_dp_event(ledger, _event(i), run_id="earlier", server_round=r)
+            _spend(ledger, _event(i), "earlier", r)
         site_ledgers.append(ledger)
     for r in range(1, rounds + 1):
         run_ledger.append(
@@ -96,8 +96,8 @@ def make_run(
                     },
                 )
                 continue
-            row = record_dp_event(ledger, _event(i), run_id=RUN_ID, server_round=r)
-            history = [PrivacyEvent.from_dict(x.payload["event"]) for x in ledger.rows("dp_event")]
+            row = _spend(ledger, _event(i), RUN_ID, r)
+            history = spent_events(ledger)
             epsilon = compute_epsilon(history, DELTA, "prv")
             if i == 0 and r == rounds:
                 epsilon += claim_offset
@@ -114,6 +114,10 @@ def make_run(
                     "events": [e.to_dict() for e in history],
                     "ledger-head": row.row_hash,
                     "round": r,
+                    "purpose": "train",
+                    "noise-source": "os.urandom",
+                    "secure-rng": True,
+                    "floor": {"require-dp": True, "min-noise-multiplier": 0.0},
                 },
             )
         if client_dp:
@@ -161,6 +165,12 @@ def make_run(
     for ledger in site_ledgers:
         ledger.close()
     return run_dir
+
+
+def _spend(ledger: Ledger, event: PrivacyEvent, run_id: str, server_round: int):
+    reservation = Reservation(run_id, server_round, "train", event)
+    reserve(ledger, reservation, lambda history: {"epsilon-after": 0.0})
+    return commit(ledger, reservation)
 
 
 def _event(index: int) -> PrivacyEvent:

@@ -73,7 +73,7 @@ def test_bad_key_files_are_refused(tmp_path: Path) -> None:
         load_or_create_key(tmp_path)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(FedVaultError, match="cannot create state directory"):
+    with pytest.raises(FedVaultError, match="cannot create directory"):
         load_or_create_key(blocker / "state")
 
 

@@ -9,12 +9,12 @@ import pytest
 
 from privacy.client_dp import (
     AdaptiveClipper,
-    SecureGaussian,
     clip_update,
     quantile_budget_share,
     update_noise_multiplier,
 )
 from privacy.errors import FedVaultError
+from privacy.randomness import SecureRandom
 
 CLIENTS_PER_ROUND = 100
 ROUNDS = 200
@@ -28,7 +28,7 @@ def _run(target: float, *, noisy: bool, seed: int) -> tuple[AdaptiveClipper, lis
         noise_multiplier=1.0,
         count_noise_std=CLIENTS_PER_ROUND / 20,
         target_quantile=target,
-        gaussian=SecureGaussian(insecure_seed=seed),
+        gaussian=SecureRandom(insecure_seed=seed),
     )
     fractions = []
     for _ in range(ROUNDS):
@@ -73,7 +73,7 @@ def test_count_noise_has_std_sigma_b():
         noise_multiplier=1.0,
         count_noise_std=sigma_b,
         learning_rate=1e-9,
-        gaussian=SecureGaussian(insecure_seed=1),
+        gaussian=SecureRandom(insecure_seed=1),
     )
     estimates = []
     for _ in range(4000):

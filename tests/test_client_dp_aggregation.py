@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from privacy.client_dp import (
-    SecureGaussian,
     add_noise,
     central_noise_std,
     clip_update,
@@ -14,6 +13,7 @@ from privacy.client_dp import (
     sum_updates,
 )
 from privacy.errors import FedVaultError
+from privacy.randomness import SecureRandom
 
 SIZE = 50_000
 
@@ -38,7 +38,7 @@ def test_private_mean_noise_has_std_sigma_c_over_denominator():
         clip_norm=clip,
         noise_multiplier=sigma,
         denominator=denominator,
-        gaussian=SecureGaussian(insecure_seed=3),
+        gaussian=SecureRandom(insecure_seed=3),
     )
     error = np.concatenate([(n - e).ravel() for n, e in zip(noisy, exact, strict=True)])
     assert error.std() == pytest.approx(sigma * clip / denominator, rel=0.02)
@@ -48,7 +48,7 @@ def test_private_mean_noise_has_std_sigma_c_over_denominator():
         clip_norm=clip,
         noise_multiplier=0.0,
         denominator=denominator,
-        gaussian=SecureGaussian(),
+        gaussian=SecureRandom(),
     )
     for got, want in zip(without_noise, exact, strict=True):
         np.testing.assert_allclose(got, want)
@@ -59,7 +59,7 @@ def test_private_mean_refuses_an_unclipped_update():
     updates[1] = [a * 3 for a in updates[1]]
     with pytest.raises(FedVaultError, match="update 1 has L2 norm"):
         private_mean(
-            updates, clip_norm=1.0, noise_multiplier=1.0, denominator=3, gaussian=SecureGaussian()
+            updates, clip_norm=1.0, noise_multiplier=1.0, denominator=3, gaussian=SecureRandom()
         )
 
 
@@ -68,7 +68,7 @@ def test_distributed_shares_sum_to_at_least_the_required_variance(survivors):
     sigma, clip, min_clients = 1.5, 0.8, 10
     share_std = distributed_share_std(central_noise_std(sigma, clip), min_clients)
     assert share_std == pytest.approx(sigma * clip / np.sqrt(min_clients))
-    gaussian = SecureGaussian(insecure_seed=11)
+    gaussian = SecureRandom(insecure_seed=11)
     zeros = [np.zeros(SIZE)]
     total = sum_updates([add_noise(zeros, share_std, gaussian) for _ in range(survivors)])[0]
     required = (sigma * clip) ** 2
@@ -80,7 +80,7 @@ def test_distributed_round_end_to_end():
     sigma, clip, clients = 1.0, 1.0, 12
     updates = _clipped_updates(clients, clip, seed=5)
     share_std = distributed_share_std(central_noise_std(sigma, clip), clients)
-    gaussian = SecureGaussian(insecure_seed=5)
+    gaussian = SecureRandom(insecure_seed=5)
     noised = [add_noise(update, share_std, gaussian) for update in updates]
     mean = mean_from_sum(sum_updates(noised), clients)
     exact = mean_from_sum(sum_updates(updates), clients)
@@ -90,7 +90,7 @@ def test_distributed_round_end_to_end():
 
 def test_add_noise_keeps_shapes_and_inputs():
     arrays = [np.ones((3, 4), dtype=np.float32), np.zeros(5)]
-    out = add_noise(arrays, 0.1, SecureGaussian())
+    out = add_noise(arrays, 0.1, SecureRandom())
     assert [a.shape for a in out] == [(3, 4), (5,)]
     assert all(a.dtype == np.float64 for a in out)
     np.testing.assert_array_equal(arrays[0], np.ones((3, 4)))

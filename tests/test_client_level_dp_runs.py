@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from privacy.client_dp import SecureGaussian
+from privacy.randomness import SecureRandom
 from server.client_dp import ClientLevelDp
 from simulations.runner import simulate
 from simulations.scenario import Scenario
@@ -37,7 +37,10 @@ def ledger_rows(run_dir, kind: str) -> list[dict]:
 
 def run(tmp_path, name: str, sites: int = 4, **settings) -> object:
     out = tmp_path / name
-    simulate(Scenario(name, run={**BASE, **settings}, num_sites=sites), out)
+    # Client-level DP alone: the sites allow training without DP-SGD, and seed their
+    # randomness so that runs can be compared model for model.
+    sites_settings = {"require-dp": False, "insecure-seed": 3}
+    simulate(Scenario(name, run={**BASE, **settings}, num_sites=sites, sites=sites_settings), out)
     return out
 
 
@@ -57,7 +60,7 @@ def test_clipping_before_masking_matches_server_side_clipping(tmp_path):
 
 def test_server_adds_noise_once_to_the_sum():
     settings = RunSettings(client_dp=True, client_dp_noise=2.0, client_dp_clip=0.5)
-    client_dp = ClientLevelDp(settings, SecureGaussian(insecure_seed=1))
+    client_dp = ClientLevelDp(settings, SecureRandom(insecure_seed=1))
     plan = client_dp.plan(list(range(1, 11)), list(range(1, 11)))
     assert plan.expected_sites == 10
     total = np.full(200_000, 3.0)

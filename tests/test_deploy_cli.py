@@ -27,9 +27,7 @@ import pytest
 from cli.main import main
 from cli.processes import alive, descendants, executable, flower_env
 from cli.run import run_overrides
-from client.site import SITE_KEYS
 from client.supernode import (
-    SITE_FIELDS,
     node_config,
     resolve_site_settings,
     write_site_settings,
@@ -335,38 +333,45 @@ def test_proxy_config_forwards_only_fleet_posts(pki, tmp_path):
 def test_site_settings_persist_and_command_line_wins(pki, tmp_path):
     state = tmp_path / "site"
     state.mkdir()
-    unmanaged = [key for key in SITE_KEYS if key.replace("-", "_") not in SITE_FIELDS]
-    (state / "site.toml").write_text("".join(f'{key} = "kept"\n' for key in unmanaged))
-    first = resolve_site_settings(
-        state, server="fl.example.org:9443", ca=str(pki / "certs" / "ca.crt"),
-        key=str(pki / "site1.key"), max_epsilon=2.0, delta=1e-6,
-    )  # fmt: skip
+    (state / "site.toml").write_text('dropout-stage = "kept"\nmin-noise-multiplier = 0.8\n')
+    connection = {
+        "server": "fl.example.org:9443",
+        "ca": str(pki / "certs" / "ca.crt"),
+        "key": str(pki / "site1.key"),
+    }
+    first = resolve_site_settings(state, {"max-epsilon": 2.0, "delta": 1e-6}, **connection)
     write_site_settings(state, first)
     assert stat.S_IMODE((state / "site.toml").stat().st_mode) == 0o600
     saved = tomllib.loads((state / "site.toml").read_text())
-    assert saved == {"max-epsilon": 2.0, "delta": 1e-6, **dict.fromkeys(unmanaged, "kept")}
-    again = resolve_site_settings(state, max_epsilon=1.0)
-    assert again.server == "fl.example.org:9443" and again.max_epsilon == 1.0
-    assert again.delta == 1e-6 and again.key == str((pki / "site1.key").resolve())
-    assert node_config(state, again) == {
-        "state-dir": str(state),
-        "max-epsilon": 1.0,
+    assert saved == {
+        "max-epsilon": 2.0,
         "delta": 1e-6,
+        "dropout-stage": "kept",
+        "min-noise-multiplier": 0.8,
     }
+    again = resolve_site_settings(state, {"max-epsilon": 1.0, "require-secagg": False})
+    assert again.server == "fl.example.org:9443" and again.site["max-epsilon"] == 1.0
+    assert again.site["delta"] == 1e-6 and again.key == str((pki / "site1.key").resolve())
+    assert again.site["require-secagg"] is False
+    assert node_config(state) == {"state-dir": str(state)}
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("change", "site", "message"),
     [
-        ({"server": None}, "missing --server"),
-        ({"server": "no-port"}, "HOST:PORT"),
-        ({"ca": "missing.crt"}, "CA certificate not found"),
-        ({"max_epsilon": -1.0}, "--max-epsilon must be a positive number"),
-        ({"delta": 1.5}, "--delta must be between 0 and 1"),
-        ({"data_path": "missing.csv"}, "data file not found"),
+        ({"server": None}, {}, "missing --server"),
+        ({"server": "no-port"}, {}, "HOST:PORT"),
+        ({"ca": "missing.crt"}, {}, "CA certificate not found"),
+        ({}, {"max-epsilon": -1.0}, "max-epsilon must be > 0"),
+        ({}, {"delta": 1.5}, r"delta must be in \(0, 1\)"),
+        ({}, {"data-path": "missing.csv"}, "data file not found"),
+        ({}, {"min-noise-multiplier": -0.5}, "min-noise-multiplier must be >= 0"),
+        ({}, {"max-epsilon": 2.0, "max-epsilon-per-round": 3.0}, "above the site's whole budget"),
+        ({}, {"require-dp": False, "max-epsilon": 2.0}, "contradicts require-dp = false"),
+        ({}, {"insecure-seed": 3}, "for simulated sites only"),
     ],
 )
-def test_bad_site_settings_are_named(pki, tmp_path, change, message):
+def test_bad_site_settings_are_named(pki, tmp_path, change, site, message):
     given = {
         "server": "fl.example.org:9443",
         "ca": str(pki / "certs" / "ca.crt"),
@@ -374,7 +379,27 @@ def test_bad_site_settings_are_named(pki, tmp_path, change, message):
         **change,
     }
     with pytest.raises(FedVaultError, match=message):
-        resolve_site_settings(tmp_path, **given)
+        resolve_site_settings(tmp_path, site, **given)
+
+
+def test_unknown_site_setting_in_site_toml_is_named(pki, tmp_path):
+    (tmp_path / "site.toml").write_text("max-epsilon = 2.0\nmax-epsilonn = 3.0\n")
+    with pytest.raises(FedVaultError, match="unknown site setting 'max-epsilonn'"):
+        resolve_site_settings(
+            tmp_path, {}, server="a:1", ca=str(pki / "certs" / "ca.crt"), key=str(pki / "site1.key")
+        )
+
+
+def test_cli_refuses_a_contradictory_floor_and_writes_nothing(pki, tmp_path):
+    state = tmp_path / "s"
+    code, err = in_process(
+        "client", "--state-dir", str(state), "--server", "127.0.0.1:1",
+        "--ca", str(pki / "certs" / "ca.crt"), "--key", str(pki / "site1.key"),
+        "--max-epsilon", "1", "--max-epsilon-per-round", "2",
+    )  # fmt: skip
+    assert code == 2
+    assert err.count("\n") == 1 and "max-epsilon-per-round 2 is above" in err
+    assert not state.exists()
 
 
 def test_node_key_readable_by_others_is_refused(pki, tmp_path):

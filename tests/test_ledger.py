@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -11,17 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from privacy.accounting import PrivacyEvent
-from privacy.dp_ledger import dp_events, record_dp_event
 from privacy.errors import FedVaultError
-from privacy.ledger import GENESIS_HASH, Ledger, dataset_fingerprint, row_hash
+from privacy.ledger import GENESIS, GENESIS_HASH, Ledger, row_hash
 
-FP = dataset_fingerprint(b"site data")
-OTHER_FP = dataset_fingerprint(b"other data")
-
-
-def event(sigma: float = 1.1, steps: int = 100) -> PrivacyEvent:
-    return PrivacyEvent(noise_multiplier=sigma, sample_rate=0.01, steps=steps, clip_norm=1.0)
+FP = "/data/hospital-a/admissions.csv"
+OTHER_FP = "/data/hospital-a/other.csv"
 
 
 def make_ledger(path: Path, n: int = 4) -> None:
@@ -44,44 +39,60 @@ def attacker(path: Path, *statements: str) -> None:
 def test_append_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "state" / "ledger.sqlite"
     with Ledger.open(path, "site", FP) as ledger:
-        assert ledger.head() == GENESIS_HASH
+        (genesis,) = ledger.rows()
+        assert genesis.kind == GENESIS and genesis.seq == 1
+        assert genesis.payload == {"dataset": FP, "ledger": "site", "schema": 2}
+        assert genesis.prev_hash == GENESIS_HASH and ledger.head() == genesis.row_hash
         assert len(ledger) == 0
         first = ledger.append("round", {"b": 2, "a": [1, 2.5, None]})
         second = ledger.append("refusal", {"reason": "budget"})
-        assert (first.seq, second.seq) == (1, 2)
-        assert first.prev_hash == GENESIS_HASH
+        assert (first.seq, second.seq) == (2, 3)
+        assert first.prev_hash == genesis.row_hash
         assert second.prev_hash == first.row_hash
         assert first.row_hash == row_hash(
-            GENESIS_HASH, 1, first.time, "round", '{"a":[1,2.5,null],"b":2}'
+            genesis.row_hash, 2, first.time, "round", '{"a":[1,2.5,null],"b":2}'
         )
         head = ledger.head()
     with Ledger.open(path, "site", FP) as ledger:
         assert ledger.kind == "site"
-        assert ledger.fingerprint == FP
+        assert ledger.dataset == FP
+        assert ledger.created == genesis.time
         assert ledger.head() == head == second.row_hash
-        assert ledger.rows() == [first, second]
+        assert ledger.rows() == [genesis, first, second]
         assert ledger.rows("refusal") == [second]
         assert ledger.verify() is None
         third = ledger.append("round", {"round": 3})
-        assert third.seq == 3
+        assert third.seq == 4
         assert third.prev_hash == head
+        with pytest.raises(ValueError, match="genesis"):
+            ledger.append(GENESIS, {})
 
 
-def test_open_without_fingerprint_accepts_existing(tmp_path: Path) -> None:
+def test_open_without_dataset_accepts_existing(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     make_ledger(path, 2)
     with Ledger.open(path, "site") as ledger:
-        assert ledger.fingerprint == FP
+        assert ledger.dataset == FP
         assert len(ledger) == 2
 
 
-def test_fingerprint_mismatch(tmp_path: Path) -> None:
+def test_ledger_of_another_dataset_is_refused_never_reset(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     make_ledger(path, 1)
-    with pytest.raises(FedVaultError, match=f"belongs to dataset fingerprint {FP[:16]}"):
+    with pytest.raises(FedVaultError, match=f"belongs to dataset '{FP}', not '{OTHER_FP}'"):
         Ledger.open(path, "site", OTHER_FP)
     with Ledger.open(path, "site", FP) as ledger:
         assert len(ledger) == 1
+
+
+def test_genesis_binds_kind_and_dataset_into_the_chain(tmp_path: Path) -> None:
+    """Relabelling a ledger (kind or dataset) breaks the chain: there is no side table."""
+    path = tmp_path / "ledger.sqlite"
+    make_ledger(path, 2)
+    relabel = '{"dataset":"' + OTHER_FP + '","ledger":"site","schema":2}'
+    attacker(path, f"UPDATE rows SET payload = '{relabel}' WHERE seq = 1")
+    with pytest.raises(FedVaultError, match="first bad row is seq 1"):
+        Ledger.open(path, "site")
 
 
 def test_kind_mismatch(tmp_path: Path) -> None:
@@ -113,29 +124,27 @@ def test_foreign_sqlite_file_is_rejected(tmp_path: Path) -> None:
     conn.execute("CREATE TABLE people (name TEXT)")
     conn.commit()
     conn.close()
-    with pytest.raises(FedVaultError, match=r"is not a FedVault ledger \(tables \['people'\]\)"):
+    with pytest.raises(
+        FedVaultError, match=r"is not a FedVault ledger of schema 2 \(tables \['people'\]\)"
+    ):
         Ledger.open(path, "site")
 
 
 def test_wrong_schema_version_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     make_ledger(path, 1)
-    conn = sqlite3.connect(path)
-    conn.execute("DROP TRIGGER meta_no_update")
-    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
-    with pytest.raises(FedVaultError, match="schema version '99', expected '1'"):
+    attacker(path, """UPDATE rows SET payload = '{"schema":99}' WHERE seq = 1""")
+    with pytest.raises(FedVaultError, match="schema 99, expected 2"):
         Ledger.open(path, "site")
 
 
 @pytest.mark.parametrize(
     "statement",
     [
-        "UPDATE rows SET payload = '{}' WHERE seq = 1",
+        "UPDATE rows SET payload = '{}' WHERE seq = 2",
         "DELETE FROM rows WHERE seq = 2",
-        "UPDATE meta SET value = 'x' WHERE key = 'fingerprint'",
-        "DELETE FROM meta",
+        "UPDATE rows SET payload = '{}' WHERE seq = 1",
+        "DELETE FROM rows",
     ],
 )
 def test_update_and_delete_are_blocked(tmp_path: Path, statement: str) -> None:
@@ -153,19 +162,19 @@ def test_update_and_delete_are_blocked(tmp_path: Path, statement: str) -> None:
 @pytest.mark.parametrize(
     ("statements", "first_bad"),
     [
-        (['UPDATE rows SET payload = \'{"note":"r3","round":99}\' WHERE seq = 3'], 3),
-        (['UPDATE rows SET payload = \'{"note": "r2", "round": 2}\' WHERE seq = 2'], 2),
-        (["UPDATE rows SET row_hash = '" + "a" * 64 + "' WHERE seq = 2"], 2),
-        (["UPDATE rows SET kind = 'refusal' WHERE seq = 4"], 4),
+        (['UPDATE rows SET payload = \'{"note":"r3","round":99}\' WHERE seq = 4'], 4),
+        (['UPDATE rows SET payload = \'{"note": "r2", "round": 2}\' WHERE seq = 3'], 3),
+        (["UPDATE rows SET row_hash = '" + "a" * 64 + "' WHERE seq = 3"], 3),
+        (["UPDATE rows SET kind = 'refusal' WHERE seq = 5"], 5),
+        (["DELETE FROM rows WHERE seq = 3"], 3),
         (["DELETE FROM rows WHERE seq = 2"], 2),
-        (["DELETE FROM rows WHERE seq = 1"], 1),
         (
             [
-                "UPDATE rows SET seq = -3 WHERE seq = 3",
-                "UPDATE rows SET seq = 3 WHERE seq = 2",
-                "UPDATE rows SET seq = 2 WHERE seq = -3",
+                "UPDATE rows SET seq = -3 WHERE seq = 4",
+                "UPDATE rows SET seq = 4 WHERE seq = 3",
+                "UPDATE rows SET seq = 3 WHERE seq = -3",
             ],
-            2,
+            3,
         ),
     ],
     ids=[
@@ -190,16 +199,42 @@ def test_tampering_is_detected(tmp_path: Path, statements: list[str], first_bad:
         assert ledger.verify() == first_bad
 
 
-def test_recomputed_hash_of_edited_row_still_breaks_the_chain(tmp_path: Path) -> None:
+def test_recomputed_hash_of_one_edited_row_breaks_the_next_link(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     make_ledger(path, 3)
     with Ledger.open(path, "site", FP) as ledger:
-        row = ledger.rows()[1]
+        row = ledger.rows()[2]
     forged = '{"note":"r2","round":0}'
     new_hash = row_hash(row.prev_hash, row.seq, row.time, row.kind, forged)
-    attacker(path, f"UPDATE rows SET payload = '{forged}', row_hash = '{new_hash}' WHERE seq = 2")
+    attacker(path, f"UPDATE rows SET payload = '{forged}', row_hash = '{new_hash}' WHERE seq = 3")
     with Ledger.open(path, "site", FP, verify_chain=False) as ledger:
-        assert ledger.verify() == 3
+        assert ledger.verify() == 4
+
+
+def test_a_fully_rechained_ledger_passes_verify_and_only_a_kept_head_reveals_it(
+    tmp_path: Path,
+) -> None:
+    """The chain is unkeyed: whoever can write the file can re-chain it. What detects that
+    is a head kept outside the file (signed by the site, in the run ledger and the report)."""
+    path = tmp_path / "ledger.sqlite"
+    make_ledger(path, 4)
+    with Ledger.open(path, "site", FP) as ledger:
+        kept_head = ledger.head()
+        rows = ledger.rows()
+    statements, prev = ["DELETE FROM rows WHERE seq > 1"], rows[0].row_hash
+    for seq, row in enumerate([rows[1], rows[3], rows[4]], start=2):
+        payload = json.dumps(row.payload, sort_keys=True, separators=(",", ":"))
+        digest = row_hash(prev, seq, row.time, row.kind, payload)
+        statements.append(
+            f"INSERT INTO rows VALUES ({seq}, '{row.time}', '{row.kind}', '{payload}', "
+            f"'{prev}', '{digest}')"
+        )
+        prev = digest
+    attacker(path, *statements)
+    with Ledger.open(path, "site", FP) as ledger:
+        assert ledger.verify() is None
+        assert len(ledger) == 3
+        assert ledger.head() != kept_head
 
 
 def test_concurrent_appends_keep_the_chain(tmp_path: Path) -> None:
@@ -214,7 +249,7 @@ def test_concurrent_appends_keep_the_chain(tmp_path: Path) -> None:
             thread.start()
         for thread in threads:
             thread.join()
-        assert [row.seq for row in ledger.rows()] == list(range(1, 41))
+        assert [row.seq for row in ledger.rows()] == list(range(1, 42))
         assert ledger.verify() is None
 
 
@@ -229,55 +264,34 @@ def test_bad_payloads_and_kinds_are_refused(tmp_path: Path) -> None:
         assert len(ledger) == 0
 
 
-def test_snapshot_is_a_complete_ledger(tmp_path: Path) -> None:
+def test_exclusive_transaction_serialises_read_decide_append(tmp_path: Path) -> None:
+    """Four processes each append only if fewer than 3 rows exist: exactly 3 get in."""
     path = tmp_path / "ledger.sqlite"
-    make_ledger(path, 3)
-    copy = tmp_path / "checkpoint" / "ledger.sqlite"
+    Ledger.open(path, "site", FP).close()
+    worker = (
+        "import sys, time\n"
+        "from privacy.ledger import Ledger\n"
+        "with Ledger.open(sys.argv[1], 'site') as ledger:\n"
+        "    for _ in range(5):\n"
+        "        with ledger.exclusive() as tx:\n"
+        "            if len(tx.rows('slot')) < 3:\n"
+        "                time.sleep(0.05)\n"
+        "                tx.append('slot', {})\n"
+    )
+    workers = [subprocess.Popen([sys.executable, "-c", worker, str(path)]) for _ in range(4)]
+    assert all(w.wait(timeout=60) == 0 for w in workers)
     with Ledger.open(path, "site", FP) as ledger:
-        ledger.snapshot(copy)
-        head = ledger.head()
-    with Ledger.open(copy, "site", FP, create=False) as restored:
-        assert restored.head() == head
-        assert len(restored) == 3
-    assert [p.name for p in copy.parent.iterdir()] == ["ledger.sqlite"]
+        assert len(ledger.rows("slot")) == 3
+        assert ledger.verify() is None
 
 
-def test_dp_events_round_trip(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
-    with Ledger.open(path, "site", FP) as ledger:
-        record_dp_event(ledger, event(1.1), run_id="run-a", server_round=1)
-        ledger.append("refusal", {"reason": "budget"})
-        record_dp_event(ledger, event(0.9, 50), run_id="run-b", server_round=1)
-    with Ledger.open(path, "site", FP) as ledger:
-        assert dp_events(ledger) == [event(1.1), event(0.9, 50)]
-        assert dp_events(ledger, run_id="run-b") == [event(0.9, 50)]
-        row = ledger.rows("dp_event")[0]
-        assert row.payload == {"event": event(1.1).to_dict(), "run_id": "run-a", "round": 1}
-
-
-def test_dp_events_reject_malformed_rows(tmp_path: Path) -> None:
+def test_a_failed_transaction_appends_nothing(tmp_path: Path) -> None:
     with Ledger.open(tmp_path / "ledger.sqlite", "site", FP) as ledger:
-        ledger.append("dp_event", {"event": {**event().to_dict(), "noise_multiplier": -1}})
-        with pytest.raises(FedVaultError, match="noise multiplier"):
-            dp_events(ledger)
-
-
-def test_dataset_fingerprint() -> None:
-    x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    y = np.array([0, 1, 0])
-    fp = dataset_fingerprint([x, y])
-    assert len(fp) == 64
-    assert fp == dataset_fingerprint([x.copy(order="F"), y.copy()])
-    assert fp != dataset_fingerprint([x.reshape(4, 3), y])
-    assert fp != dataset_fingerprint([x.astype(np.float64), y])
-    assert fp != dataset_fingerprint([y, x])
-    changed = x.copy()
-    changed[2, 3] += 1
-    assert fp != dataset_fingerprint([changed, y])
-    assert dataset_fingerprint(b"abc") == dataset_fingerprint([b"abc"])
-    assert dataset_fingerprint([b"ab", b"c"]) != dataset_fingerprint([b"a", b"bc"])
-    with pytest.raises(TypeError, match="object arrays"):
-        dataset_fingerprint(np.array(["a", None], dtype=object))
+        with pytest.raises(RuntimeError), ledger.exclusive() as tx:
+            tx.append("slot", {"a": 1})
+            raise RuntimeError("decided against it")
+        assert ledger.rows("slot") == []
+        assert len(ledger) == 0
 
 
 def test_crash_mid_append_leaves_no_partial_row(tmp_path: Path) -> None:
@@ -287,10 +301,10 @@ def test_crash_mid_append_leaves_no_partial_row(tmp_path: Path) -> None:
         "import os, sqlite3, sys\n"
         "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
         "conn.execute('BEGIN IMMEDIATE')\n"
-        "conn.execute(\"INSERT INTO rows VALUES (3, 't', 'round', '{}', 'x', 'y')\")\n"
+        "conn.execute(\"INSERT INTO rows VALUES (4, 't', 'round', '{}', 'x', 'y')\")\n"
         "os._exit(0)\n"
     )
     subprocess.run([sys.executable, "-c", dies_mid_insert, str(path)], check=True)
     with Ledger.open(path, "site", FP) as ledger:
         assert len(ledger) == 2
-        assert ledger.append("round", {}).seq == 3
+        assert ledger.append("round", {}).seq == 4

@@ -40,9 +40,15 @@ ANONYMIZATION = {
 
 
 def _raw_events(ledger_path: Path) -> list[dict]:
+    """The reserved events not cancelled, read with plain sqlite3 (not FedVault's reader)."""
     with sqlite3.connect(ledger_path) as conn:
-        rows = conn.execute("SELECT payload FROM rows WHERE kind = 'dp_event' ORDER BY seq")
-        return [json.loads(payload)["event"] for (payload,) in rows]
+        rows = conn.execute("SELECT kind, payload FROM rows ORDER BY seq").fetchall()
+    cancelled = {json.loads(p)["id"] for kind, p in rows if kind == "dp_cancel"}
+    return [
+        json.loads(p)["event"]
+        for kind, p in rows
+        if kind == "dp_reserve" and json.loads(p)["id"] not in cancelled
+    ]
 
 
 def _dp_accounting_rdp(events: list[dict]) -> float:
@@ -132,7 +138,7 @@ def test_events_reported_differently_from_the_site_ledger_are_flagged(tmp_path):
 
 def test_dp_off_says_so(tmp_path):
     r = build_report(make_run(tmp_path / "run", dp=False))
-    assert r["summary"]["headline"].startswith("No differential privacy:")
+    assert r["summary"]["headline"].startswith("The run asked the sites to train without DP-SGD")
     assert r["sample_level_dp"]["enabled"] is False
     assert r["sample_level_dp"]["sites"] == []
 
@@ -150,7 +156,10 @@ def test_refusals_and_client_dp_and_anonymization(tmp_path):
     site1 = r["sample_level_dp"]["sites"][1]
     assert site1["rounds_trained"] == 1
     assert site1["refusals"][0]["round"] == 2
-    assert any("site-1 declined round 2" in s for s in r["summary"]["statements"])
+    assert any(
+        "Refused by the site (budget-exhausted): site-1 (round 2)" in s
+        for s in r["summary"]["statements"]
+    )
     client = r["client_level_dp"]
     assert client["enabled"] is True
     assert [x["epsilon"] for x in client["rounds"]] == pytest.approx(

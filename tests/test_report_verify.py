@@ -90,15 +90,15 @@ def test_truncated_run_ledger_is_detected(signed):
     _sql(run / "run-ledger.sqlite", "DELETE FROM rows WHERE seq = (SELECT MAX(seq) FROM rows)")
     problems = verify_run(run, pub)
     assert problems[0].startswith(
-        "run-ledger.sqlite: has 5 rows, report.json records 6 (rows removed)"
+        "run-ledger.sqlite: has 6 rows, report.json records 7 (rows removed)"
     )
 
 
 def test_truncated_site_ledger_is_detected(signed):
     run, pub = signed
     (ledger,) = (run / "sites" / "site-0").glob("ledger-*.sqlite")
-    _sql(ledger, "DELETE FROM rows WHERE seq = 2")
-    assert verify_run(run, pub)[0].startswith(f"sites/site-0/{ledger.name}: has 1 rows")
+    _sql(ledger, "DELETE FROM rows WHERE seq = (SELECT MAX(seq) FROM rows)")
+    assert verify_run(run, pub)[0].startswith(f"sites/site-0/{ledger.name}: has 4 rows")
 
 
 def test_any_edited_report_byte_breaks_the_signature(signed):
@@ -156,12 +156,12 @@ def test_cli_bad_inputs(tmp_path, capsys):
     run = make_run(tmp_path / "run", sites=1, rounds=1)
     assert main(["report", "--verify", str(run)]) == 2
     assert "no report.json to verify" in capsys.readouterr().err
-    _sql(run / "run-ledger.sqlite", "UPDATE rows SET kind = 'x' WHERE seq = 1")
+    _sql(run / "run-ledger.sqlite", "UPDATE rows SET kind = 'x' WHERE seq = 2")
     key = tmp_path / "k" / "signing.key"
     assert main(["report", str(run), "--signing-key", str(key)]) == 2
     err = capsys.readouterr().err
     assert err.strip() == (
-        "fedvault: error: run-ledger.sqlite: row 1 breaks the hash chain (edited, removed or "
+        "fedvault: error: run-ledger.sqlite: row 2 breaks the hash chain (edited, removed or "
         "reordered)"
     )
     assert not (run / "report.json").exists() and not (run / "report.html").exists()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from client.budget import poisson_plan
+from client.training import poisson_plan
 from privacy.accounting import PrivacyEvent, compute_epsilon
 from privacy.errors import FedVaultError
 from simulations.runner import simulate
@@ -48,20 +48,33 @@ def live_children(grace_s: float = 10.0) -> list[str]:
         time.sleep(0.2)
 
 
+# Sites that allow training without DP-SGD; SEEDED ones also draw their randomness from a
+# seed (a simulation research mode), so that runs can be compared model for model.
+NON_PRIVATE = {"require-dp": False}
+SEEDED = {**NON_PRIVATE, "insecure-seed": 7}
+
+
 def metrics(run_dir) -> list[dict]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_three_sites_two_rounds_learn_and_write_a_complete_run_directory(tmp_path):
     out = tmp_path / "run"
-    scenario = Scenario("small", run={**SMALL, "num-rounds": 2}, num_sites=3)
+    scenario = Scenario(
+        "small",
+        run={**SMALL, "num-rounds": 2, "fraction-evaluate": 1.0},
+        num_sites=3,
+        sites={**NON_PRIVATE, "allow-evaluation": True},
+    )
     seen = []
     final = simulate(scenario, out, progress=seen.append)
     rounds = metrics(out)
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert [r["round"] for r in seen] == [1, 2]
     assert rounds[2]["test-accuracy"] > rounds[0]["test-accuracy"] + 0.2
-    assert final["sites-trained"] == 3 and final["client-eval-accuracy"] > 0.3
+    # The sites' evaluation comes back as DP-noised sums: accuracy within a few points.
+    assert final["sites-trained"] == 3 and final["sites-evaluated"] == 3
+    assert abs(final["client-eval-accuracy"] - final["test-accuracy"]) < 0.15
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
     assert json.loads((out / "config.json").read_text())["num-rounds"] == 2
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("round,")
@@ -73,7 +86,10 @@ def test_three_sites_two_rounds_learn_and_write_a_complete_run_directory(tmp_pat
 def test_bad_run_leaves_no_directory_that_looks_complete(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(FedVaultError, match=r"only 5 training records|sites"):
-        simulate(Scenario("bad", run={**SMALL, "task.num-train": 5}, num_sites=6), out)
+        simulate(
+            Scenario("bad", run={**SMALL, "task.num-train": 5}, num_sites=6, sites=NON_PRIVATE),
+            out,
+        )
     assert not out.exists()
 
 
@@ -121,7 +137,7 @@ def assert_report_epsilons_match_site_ledgers(run_dir, sites_root) -> None:
             rows = [
                 json.loads(p)
                 for (p,) in db.execute(
-                    "SELECT payload FROM rows WHERE kind = 'dp_event' ORDER BY seq"
+                    "SELECT payload FROM rows WHERE kind = 'dp_reserve' ORDER BY seq"
                 )
             ]
         for entry in site["rounds"]:
@@ -234,7 +250,11 @@ def run_with_dropout(tmp_path, name: str, secagg: bool, stage: str, num_sites: i
     out = tmp_path / name
     simulate(
         Scenario(
-            name, run={**TINY, "secagg": secagg}, num_sites=num_sites, site_overrides=overrides
+            name,
+            run={**TINY, "secagg": secagg},
+            num_sites=num_sites,
+            sites=SEEDED,
+            site_overrides=overrides,
         ),
         out,
     )
@@ -278,6 +298,7 @@ def test_one_dropout_too_many_aborts_rounds_cleanly_and_keeps_the_model(tmp_path
         "abort",
         run={**TINY, "secagg": True, "num-rounds": 2},
         num_sites=3,
+        sites=NON_PRIVATE,
         site_overrides={
             "site-1": {"dropout-stage": "masked-input"},
             "site-2": {"dropout-stage": "masked-input"},
@@ -309,11 +330,15 @@ def test_interrupted_run_resumes_to_the_same_model_counting_each_round_once(tmp_
 
     interrupted = tmp_path / "interrupted"
     with pytest.raises(Crash):
-        simulate(Scenario("r", run=dict(run), num_sites=3), interrupted, crash_after_round_1)
+        simulate(
+            Scenario("r", run=dict(run), num_sites=3, sites=SEEDED),
+            interrupted,
+            crash_after_round_1,
+        )
     assert json.loads((interrupted / "status.json").read_text())["status"] == "failed"
-    simulate(Scenario("r", run=dict(run), num_sites=3), interrupted, resume=True)
+    simulate(Scenario("r", run=dict(run), num_sites=3, sites=SEEDED), interrupted, resume=True)
     straight = tmp_path / "straight"
-    simulate(Scenario("r", run=dict(run), num_sites=3), straight)
+    simulate(Scenario("r", run=dict(run), num_sites=3, sites=SEEDED), straight)
 
     assert [r["round"] for r in metrics(interrupted)] == [0, 1, 2, 3]
     for key, tensor in final_weights(straight).items():
@@ -330,8 +355,9 @@ def test_interrupted_run_resumes_to_the_same_model_counting_each_round_once(tmp_
 
 def test_resume_refuses_a_completed_run_and_changed_settings(tmp_path):
     out = tmp_path / "done"
-    simulate(Scenario("d", run={**TINY, "secagg": False}, num_sites=2), out)
+    done = Scenario("d", run={**TINY, "secagg": False}, num_sites=2, sites=NON_PRIVATE)
+    simulate(done, out)
     with pytest.raises(FedVaultError, match="already completed"):
-        simulate(Scenario("d", run={**TINY, "secagg": False}, num_sites=2), out, resume=True)
+        simulate(done, out, resume=True)
     with pytest.raises(FedVaultError, match="not a run directory"):
         simulate(Scenario("d", run=dict(TINY), num_sites=2), tmp_path / "nothing", resume=True)

@@ -12,16 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from privacy.errors import FedVaultError
+from privacy.keystore import load_or_create_secret
 
 KEY_FILE = "pseudonym.key"
-KEY_BYTES = 32
 PSEUDONYM_HEX = 24
 """Pseudonyms keep 96 bits of the MAC: collisions are negligible for any site's table."""
 
@@ -30,22 +28,7 @@ _CONTEXT = b"fedvault pseudonym v1\x00"
 
 def load_or_create_key(state_dir: str | os.PathLike[str]) -> bytes:
     """The site's pseudonymization key, created (0600) in `state_dir` if it does not exist."""
-    directory = Path(state_dir)
-    path = directory / KEY_FILE
-    if not path.exists():
-        _create_key(directory, path)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        key = path.read_bytes()
-    except OSError as exc:
-        raise FedVaultError(f"cannot read pseudonym key {path}: {exc.strerror or exc}") from exc
-    if mode & 0o077:
-        raise FedVaultError(
-            f"pseudonym key {path} is readable by others (mode {mode:04o}); run chmod 600 on it"
-        )
-    if len(key) != KEY_BYTES:
-        raise FedVaultError(f"pseudonym key {path} is not a {KEY_BYTES}-byte key")
-    return key
+    return load_or_create_secret(Path(state_dir) / KEY_FILE, "pseudonym key")
 
 
 def pseudonym(value: str, key: bytes) -> str:
@@ -61,27 +44,3 @@ def pseudonymize_series(series: pd.Series, key: bytes) -> pd.Series:
     text = series.astype(object).where(series.notna(), "").map(str)
     mapping = {value: pseudonym(value, key) if value.strip() else "" for value in text.unique()}
     return text.map(mapping).astype(object)
-
-
-def _create_key(directory: Path, path: Path) -> None:
-    """Write a fresh key without ever replacing one another process wrote meanwhile."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=f".{KEY_FILE}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise FedVaultError(
-            f"cannot create state directory {directory}: {exc.strerror or exc}"
-        ) from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(os.urandom(KEY_BYTES))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise FedVaultError(f"cannot create pseudonym key {path}: {exc.strerror or exc}") from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -3,7 +3,7 @@
 The unit of privacy is one client: a whole site's data. Each client's model update is clipped
 to L2 norm C (`clipping`), the clipped updates are summed and Gaussian noise of std sigma*C
 is added to the sum, centrally or as per-client shares (`aggregation`, with noise from
-`noise.SecureGaussian`), clients are sampled per round (`sampling`), C can follow a private
+`privacy.randomness`), clients are sampled per round (`sampling`), C can follow a private
 quantile estimate of the update norms (`adaptive`, Andrew et al. 2021), and the recorded
 events are turned into epsilon by dp-accounting (`accounting`). No Flower imports: the server
 and client apps wire these pieces in. See docs/client-level-dp.md.
@@ -30,13 +30,11 @@ from privacy.client_dp.aggregation import (
     sum_updates,
 )
 from privacy.client_dp.clipping import clip_update, update_norm
-from privacy.client_dp.noise import SecureGaussian
 from privacy.client_dp.sampling import sample_clients, sample_fixed
 
 __all__ = [
     "AdaptiveClipper",
     "ClientDpEvent",
-    "SecureGaussian",
     "add_noise",
     "central_noise_std",
     "client_level_epsilon",

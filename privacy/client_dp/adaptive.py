@@ -30,8 +30,8 @@ from __future__ import annotations
 import math
 
 from privacy.client_dp import checks
-from privacy.client_dp.noise import SecureGaussian
 from privacy.errors import FedVaultError
+from privacy.randomness import SecureRandom
 
 
 def update_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> float:
@@ -70,7 +70,7 @@ class AdaptiveClipper:
         count_noise_std: float,
         target_quantile: float = 0.5,
         learning_rate: float = 0.2,
-        gaussian: SecureGaussian | None = None,
+        gaussian: SecureRandom | None = None,
     ) -> None:
         self.clip_norm = checks.clip_norm(initial_clip_norm)
         self.noise_multiplier = checks.positive(
@@ -81,7 +81,7 @@ class AdaptiveClipper:
         self.quantile_budget_share = quantile_budget_share(noise_multiplier, count_noise_std)
         self.target_quantile = checks.quantile(target_quantile)
         self.learning_rate = checks.positive("clip learning rate", learning_rate)
-        self.gaussian = gaussian if gaussian is not None else SecureGaussian()
+        self.gaussian = gaussian if gaussian is not None else SecureRandom()
         self.last_estimate: float | None = None
 
     def update(

@@ -34,8 +34,8 @@ import numpy as np
 
 from privacy.client_dp import checks
 from privacy.client_dp.clipping import update_norm
-from privacy.client_dp.noise import SecureGaussian
 from privacy.errors import FedVaultError
+from privacy.randomness import SecureRandom
 
 # Relative slack for float rounding when checking that an update is clipped.
 _NORM_TOLERANCE = 1e-6
@@ -69,9 +69,7 @@ def sum_updates(updates: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
     return total
 
 
-def add_noise(
-    arrays: Sequence[np.ndarray], std: float, gaussian: SecureGaussian
-) -> list[np.ndarray]:
+def add_noise(arrays: Sequence[np.ndarray], std: float, gaussian: SecureRandom) -> list[np.ndarray]:
     """New arrays: each of `arrays` plus independent N(0, std^2) noise, in float64."""
     std = checks.noise_std(std)
     return [np.asarray(a, dtype=np.float64) + gaussian.normal(np.shape(a), std) for a in arrays]
@@ -89,7 +87,7 @@ def private_mean(
     clip_norm: float,
     noise_multiplier: float,
     denominator: float,
-    gaussian: SecureGaussian,
+    gaussian: SecureRandom,
 ) -> list[np.ndarray]:
     """Central DP-FedAvg step: sum the clipped updates, add N(0, (sigma C)^2), divide.
 

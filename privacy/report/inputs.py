@@ -28,9 +28,16 @@ class LedgerFile:
 
     file: str
     kind: str
-    fingerprint: str | None
+    dataset: str | None
     created: str
     rows: list[Row]
+
+    @property
+    def dataset_sha256(self) -> str | None:
+        """The dataset identity the ledger is bound to, hashed (it may be a local path)."""
+        if self.dataset is None:
+            return None
+        return hashlib.sha256(self.dataset.encode("utf-8")).hexdigest()
 
     @property
     def head(self) -> str:
@@ -90,7 +97,7 @@ def read_ledger(path: Path, run_dir: Path, kind: str, limit: int | None = None) 
         raise FedVaultError(problem)
     with Ledger.open(path, kind, create=False, verify_chain=False) as ledger:
         rows = ledger.rows()
-        meta = (ledger.kind, ledger.fingerprint, ledger.created)
+        meta = (ledger.kind, ledger.dataset, ledger.created)
     if limit is not None:
         if limit > len(rows):
             raise FedVaultError(

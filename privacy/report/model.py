@@ -81,7 +81,7 @@ def _integrity(inputs: RunInputs, signer: dict[str, str] | None) -> dict[str, An
         "hash_chain": "sha256 over (previous hash, seq, time, kind, canonical JSON payload)",
         "run_ledger": inputs.run_ledger.summary(),
         "site_ledgers": [
-            {"site": site, **ledger.summary(), "fingerprint_sha256": ledger.fingerprint}
+            {"site": site, **ledger.summary(), "dataset_sha256": ledger.dataset_sha256}
             for site, files in inputs.site_ledgers.items()
             for ledger in files
         ],
@@ -106,21 +106,33 @@ def _dp_statements(report: dict[str, Any]) -> list[str]:
     sample = report["sample_level_dp"]
     acct = sample["accountant"]
     if not sample["enabled"]:
+        trained = [s["site"] for s in sample["sites"] if s["rounds_trained"]]
         return [
-            "No differential privacy: the sites trained without DP-SGD noise, so the model and "
-            "each update carry no formal limit on what they reveal about any one record."
-        ]
+            "The run asked the sites to train without DP-SGD: whatever a site trained carries "
+            "no formal limit on what it reveals about any one record.",
+            *_refusal_statements(sample),
+        ] + (
+            []
+            if trained or not sample["sites"]
+            else ["No site trained: every site that was asked refused."]
+        )
     groups: dict[tuple[str, float], list[str]] = {}
     for site in sample["sites"]:
         if site["rounds"]:
             groups.setdefault((_fmt(site["epsilon"]), site["delta"]), []).append(site["site"])
     statements = [
         f"Each record at {_join(names)} is protected by ({eps}, {_delta(delta)})-DP at example "
-        "level, "
-        f"add/remove adjacency, over all rounds of all runs on this data "
-        f"({acct['name'].upper()} accountant, opacus {acct['version']})."
+        "level, add/remove adjacency, over every release recorded in the ledger the site keeps for "
+        f"its data source, this run and earlier ones ({acct['name'].upper()} accountant, "
+        f"opacus {acct['version']})."
         for (eps, delta), names in groups.items()
     ]
+    seeded = [site["site"] for site in sample["sites"] if site.get("secure_rng") is False]
+    if seeded:
+        statements.append(
+            f"{_join(seeded)} drew DP noise from a seed (insecure-seed, a simulation "
+            "research mode): the noise is predictable and no DP guarantee holds for them."
+        )
     budgets: dict[tuple[str, str, str], list[str]] = {}
     for site in sample["sites"]:
         if site["rounds"] and site["max_epsilon"] is not None:
@@ -135,14 +147,26 @@ def _dp_statements(report: dict[str, Any]) -> list[str]:
         statements.append(
             f"{_join(names)}{each} spent {spent} of a site limit of {limit}: {left} left."
         )
+    statements += _refusal_statements(sample)
+    public = [site["site"] for site in sample["sites"] if site.get("record_count_public")]
+    if public:
+        statements.append(
+            f"{_join(public)} declared their record counts public: they are sent to the "
+            "server and are outside the guarantee."
+        )
+    return statements
+
+
+def _refusal_statements(sample: dict[str, Any]) -> list[str]:
+    """One line per kind of refusal (and floor key), naming the sites and rounds."""
+    refused: dict[str, list[str]] = {}
     for site in sample["sites"]:
         for refusal in site["refusals"]:
-            statements.append(
-                f"{site['site']} declined round {refusal['round']}: it would have reached "
-                f"epsilon {_fmt(refusal['epsilon_after_round_claimed'])} > its limit "
-                f"{refusal['max_epsilon']:g}."
-            )
-    return statements
+            kind = str(refusal["reason"])
+            if refusal.get("floor"):
+                kind += f": {refusal['floor']}"
+            refused.setdefault(kind, []).append(f"{site['site']} (round {refusal['round']})")
+    return [f"Refused by the site ({kind}): {_join(where)}." for kind, where in refused.items()]
 
 
 def _summary(report: dict[str, Any], inputs: RunInputs) -> dict[str, Any]:
@@ -159,7 +183,8 @@ def _summary(report: dict[str, Any], inputs: RunInputs) -> dict[str, Any]:
     if secagg["enabled"]:
         totals = secagg["totals"]
         statements.append(
-            f"Secure aggregation (SecAgg+) hid each site's update from the server: "
+            "Secure aggregation (SecAgg+, semi-honest: it holds while the server follows the "
+            "protocol) hid each site's update from the server: "
             f"{totals['rounds'] - totals['aborted']} of {totals['rounds']} rounds aggregated, "
             f"{totals['aborted']} aborted, {totals['dropouts']} dropouts."
         )
@@ -181,10 +206,19 @@ def _summary(report: dict[str, Any], inputs: RunInputs) -> dict[str, Any]:
         )
     errors = [f for f in report["findings"] if f["severity"] == "error"]
     verdict = "attention" if errors else "consistent"
-    statements.append(
-        f"{len(errors)} problem(s) found: " + "; ".join(f["message"] for f in errors)
-        if errors
-        else "Every epsilon above was recomputed from the recorded privacy events and matches "
-        "what the sites reported; every ledger's hash chain is intact."
-    )
+    if errors:
+        statements.append(
+            f"{len(errors)} problem(s) found: " + "; ".join(f["message"] for f in errors)
+        )
+    elif inputs.site_ledgers:
+        statements.append(
+            "Every epsilon above was recomputed from the privacy events in the sites' own "
+            "ledgers, which match what the sites reported; every ledger's hash chain is intact."
+        )
+    else:
+        statements.append(
+            "Every epsilon above was recomputed from the privacy events the sites reported; "
+            "the sites' own ledgers were not available to this report, so those events are "
+            "as the sites sent them."
+        )
     return {"verdict": verdict, "headline": statements[0], "statements": statements}

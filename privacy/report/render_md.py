@@ -88,7 +88,27 @@ def render_md(report: dict[str, Any]) -> str:
                     ),
                 ]
     else:
-        out += ["No differential privacy.", ""]
+        out += ["No differential privacy requested.", ""]
+    if dp["sites"]:
+        out += ["### What each site decided for itself", ""]
+        out += _table(
+            ["site", "floor", "record count", "refusals"],
+            [
+                [
+                    s["site"],
+                    "; ".join(f"{k} = {v}" for k, v in (s.get("floor") or {}).items())
+                    or "not reported",
+                    "declared public" if s.get("record_count_public") else "kept private",
+                    "; ".join(
+                        f"round {f['round']}: {f['reason']}"
+                        + (f" ({f['floor']})" if f.get("floor") else "")
+                        for f in s["refusals"]
+                    )
+                    or "none",
+                ]
+                for s in dp["sites"]
+            ],
+        )
     sa = r["secure_aggregation"]
     out += ["## Secure aggregation", ""]
     if sa["enabled"]:

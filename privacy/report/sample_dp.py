@@ -9,12 +9,13 @@ reported, and any difference becomes a finding in the report.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from privacy.accounting import PrivacyEvent, accountant_info, compute_epsilon
-from privacy.dp_ledger import DP_EVENT
+from privacy.dp_ledger import Spending
 from privacy.errors import FedVaultError
 from privacy.ledger import Row
 from privacy.report.inputs import LedgerFile, RunInputs
@@ -22,10 +23,20 @@ from privacy.report.inputs import LedgerFile, RunInputs
 UNIT = "one training record (example) of a site"
 ADJACENCY = "add/remove one record"
 TRUST_MODEL = (
-    "local to each site: noise is added by the site's own DP-SGD before its update leaves it, "
-    "so the guarantee holds against the server, other sites and anyone holding the model"
+    "local to each site: noise is added by the site's own DP-SGD, drawn from its own CSPRNG, "
+    "before its update leaves it, so the guarantee holds against the server, other sites and "
+    "anyone holding the model, and does not depend on secure aggregation"
 )
-TUNING = "not accounted: hyperparameter tuning before this run is outside this guarantee"
+TUNING = (
+    "counted only where it spent from the same site ledgers: earlier runs on the same data "
+    "appear in epsilon_before_run; choices made on other data are outside this guarantee"
+)
+OUTSIDE = (
+    "each site's sampling rate q = 1/ceil(N/B) and number of steps, which reveal its number "
+    "of records N to within one batch (standard for DP-SGD: hyperparameters are public)",
+    "the record count itself, where a site declared it public (record_count_public)",
+    "the model architecture, the round settings and which sites took part",
+)
 CLAIM_TOLERANCE = 1e-6  # relative; the site and the report run the same deterministic code
 
 
@@ -96,14 +107,13 @@ def _site_round(
     found = _ledger_prefix(ledgers, str(p.get("ledger-head", "")))
     if found is not None:
         ledger, head_row = found
-        events = [
-            PrivacyEvent.from_dict(r.payload["event"])
-            for r in ledger.rows
-            if r.kind == DP_EVENT and r.seq <= head_row.seq
-        ]
+        prefix = [r for r in ledger.rows if r.seq <= head_row.seq]
+        spending = Spending.of(prefix)
+        events = spending.events
+        last_reserved = list(spending.reserved.values())[-1] if spending.reserved else None
         source, run_id, site_ledger = (
             f"site ledger {ledger.file}",
-            head_row.payload.get("run_id"),
+            last_reserved.payload.get("run_id") if last_reserved else None,
             ledger.file,
         )
         if events != claimed_events:
@@ -138,6 +148,7 @@ def _site_round(
             )
     record = {
         "round": server_round,
+        "purpose": p.get("purpose", "train"),
         "noise_multiplier": event.noise_multiplier,
         "clip_norm": event.clip_norm,
         "sample_rate": event.sample_rate,
@@ -155,7 +166,17 @@ def _site_round(
         "site_ledger": site_ledger,
         "site_ledger_head": p.get("ledger-head"),
         "run_id": run_id,
+        "noise_source": p.get("noise-source"),
+        "secure_rng": p.get("secure-rng"),
     }
+    if p.get("secure-rng") is False:
+        findings.append(
+            _finding(
+                "error",
+                f"{where}: the site drew its noise from a seed (insecure-seed): the noise "
+                "is predictable and the DP guarantee does not hold",
+            )
+        )
     return record, events
 
 
@@ -168,10 +189,26 @@ def _refusal(row: Row) -> dict[str, Any]:
     return {
         "round": p.get("round"),
         "reason": p.get("reason"),
+        "message": p.get("message"),
+        "floor": p.get("floor"),
         "epsilon_spent_claimed": p.get("epsilon-spent"),
         "epsilon_after_round_claimed": p.get("epsilon-after-round"),
         "max_epsilon": p.get("max-epsilon"),
     }
+
+
+def _floor(rows: list[Row], refusals: list[Row]) -> dict[str, Any] | None:
+    """The floor the site last reported: with a release, or with a refusal (as JSON)."""
+    latest = max([*rows, *refusals], key=lambda row: row.seq, default=None)
+    if latest is None:
+        return None
+    floor = latest.payload.get("floor") if latest.kind == "site_round" else None
+    if floor is None and isinstance(latest.payload.get("site-floor"), str):
+        try:
+            floor = json.loads(latest.payload["site-floor"])
+        except json.JSONDecodeError:
+            floor = None
+    return floor if isinstance(floor, dict) else None
 
 
 def site_names(inputs: RunInputs) -> list[str]:
@@ -208,32 +245,40 @@ def sample_level(
         if not rows and site not in refusals:
             continue
         records, events = [], []
+        first_events: list[PrivacyEvent] | None = None
         for row in rows:
             record, events = _site_round(
                 site, row, inputs.site_ledgers.get(site, []), epsilon, findings
             )
             records.append(record)
+            if first_events is None:
+                first_events = events[:-1]
         payload = rows[-1].payload if rows else refusals[site][-1].payload
         delta = float(payload.get("delta", inputs.config.get("delta", 1e-5)))
         limit = payload.get("max-epsilon")
-        prior = events[: len(events) - len(records)] if records else events
         final = records[-1]["epsilon_cumulative"] if records else None
+        trained = [r for r in records if r["purpose"] == "train"]
         sites.append(
             {
                 "site": site,
                 "delta": delta,
                 "max_epsilon": limit,
+                "floor": _floor(rows, refusals.get(site, [])),
+                "noise_source": payload.get("noise-source"),
+                "secure_rng": payload.get("secure-rng"),
+                "record_count_public": payload.get("public-record-count"),
                 "epsilon": final,
                 "epsilon_rdp": records[-1]["epsilon_cumulative_rdp"] if records else None,
-                "epsilon_before_run": _finite(epsilon(prior, delta, accountant))
-                if records
+                "epsilon_before_run": _finite(epsilon(first_events, delta, accountant))
+                if first_events is not None
                 else None,
                 "epsilon_remaining": (
                     round(limit - final, 12)
                     if isinstance(limit, int | float) and final is not None
                     else None
                 ),
-                "rounds_trained": len(records),
+                "rounds_trained": len(trained),
+                "evaluations": len(records) - len(trained),
                 "rounds": records,
                 "refusals": [_refusal(r) for r in refusals.get(site, [])],
             }
@@ -249,6 +294,7 @@ def sample_level(
         "algorithm": "DP-SGD (Opacus): per-example clipping to norm C, Gaussian noise sigma*C",
         "scope": "all rounds of all runs on the same data at each site (the site ledger)",
         "hyperparameter_tuning": TUNING,
+        "outside_guarantee": list(OUTSIDE),
         "accountant": accountant_info(accountant),
         "cross_check_accountant": accountant_info("rdp"),
         "sites": sites,

@@ -159,7 +159,10 @@ def secure_aggregation(inputs: RunInputs) -> dict[str, Any]:
         "enabled": enabled,
         "protocol": "SecAgg+ (Bell et al. 2020): pairwise masks on a random neighbour graph, "
         "Shamir shares for dropout recovery",
-        "protects": "the server sees only the sum of the sites' updates, never one site's",
+        "protects": "against a server that follows the protocol (semi-honest): it sees only "
+        "the sum of the sites' updates, never one site's",
+        "does_not_protect": "against a server that substitutes the sites' public keys or "
+        "lies about who dropped out: peer keys are not authenticated in this mode",
         "parameters": {
             "neighbours": neighbours if neighbours else "O(log n) default",
             "reconstruction_threshold": config.get("secagg-threshold"),
@@ -174,24 +177,33 @@ def secure_aggregation(inputs: RunInputs) -> dict[str, Any]:
             "dropouts": sum(r["dropouts"] for r in rounds),
             "out_of_range": sum(int(r["out_of_range"] or 0) for r in rounds),
         },
-        "transport": _transport(config),
+        "transport": _transport(inputs),
     }
 
 
-def _transport(config: dict[str, Any]) -> dict[str, Any]:
-    if config.get("sites-root"):
+def _transport(inputs: RunInputs) -> dict[str, Any]:
+    """What the run recorded about its transport; nothing is assumed that was not recorded."""
+    if inputs.config.get("sites-root"):
         return {
             "mode": "simulation",
             "tls": None,
             "node_authentication": None,
             "note": "simulated sites run inside one process: no network transport",
         }
+    recorded = [row.payload for row in inputs.rows("transport")]
+    if not recorded:
+        return {
+            "mode": "deployment",
+            "tls": None,
+            "node_authentication": None,
+            "note": "not recorded: the run was not started by `fedvault server`",
+        }
+    last = recorded[-1]
     return {
         "mode": "deployment",
-        "tls": True,
-        "node_authentication": True,
-        "note": "`fedvault server` always starts the SuperLink with TLS and SuperNode "
-        "authentication; not recorded per run",
+        "tls": last.get("tls"),
+        "node_authentication": last.get("node-authentication"),
+        "note": str(last.get("source", "")),
     }
 
 
@@ -268,7 +280,7 @@ def provenance(inputs: RunInputs, software: dict[str, str], run_ids: list[str]) 
     for site, files in inputs.site_ledgers.items():
         for ledger in files:
             datasets.append(
-                {"site": site, "fingerprint_sha256": ledger.fingerprint, "ledger": ledger.file}
+                {"site": site, "dataset_sha256": ledger.dataset_sha256, "ledger": ledger.file}
             )
     rows = inputs.run_ledger.rows
     return {

@@ -99,17 +99,19 @@ REPORT_HTML = r"""<!DOCTYPE html>
   <tr><th>Sampling assumption</th><td>{{ dp.accountant.sampling }}</td></tr>
   <tr><th>Scope</th><td>{{ dp.scope }}</td></tr>
   <tr><th>Hyperparameter tuning</th><td>{{ dp.hyperparameter_tuning }}</td></tr>
+  <tr><th>Outside this guarantee</th><td><ul>{% for o in dp.outside_guarantee %}<li>{{ o }}</li>{% endfor %}</ul></td></tr>
 </table>
 <table>
   <tr><th>Site</th><th class="num">&epsilon; ({{ dp.accountant.name | upper }})</th><th class="num">&epsilon; (RDP)</th>
       <th class="num">&delta;</th><th class="num">before this run</th><th class="num">limit</th><th class="num">left</th>
-      <th class="num">rounds trained</th><th>refusals</th></tr>
+      <th class="num">rounds trained</th><th>noise</th><th>refusals</th></tr>
   {% for s in dp.sites %}
   <tr><td>{{ s.site }}</td><td class="num"><strong>{{ s.epsilon | eps }}</strong></td><td class="num">{{ s.epsilon_rdp | eps }}</td>
       <td class="num">{{ s.delta | delta }}</td><td class="num">{{ s.epsilon_before_run | eps }}</td>
       <td class="num">{{ s.max_epsilon | eps }}</td><td class="num">{{ s.epsilon_remaining | eps }}</td>
       <td class="num">{{ s.rounds_trained }}</td>
-      <td>{% for f in s.refusals %}round {{ f.round }} ({{ f.reason }}){% if not loop.last %}, {% endif %}{% else %}none{% endfor %}</td></tr>
+      <td>{% if s.secure_rng is sameas false %}<span class="bad">seeded: no guarantee</span>{% elif s.secure_rng %}site CSPRNG{% else %}not reported{% endif %}</td>
+      <td>{% for f in s.refusals %}round {{ f.round }} ({{ f.reason }}{% if f.floor %}: {{ f.floor }}{% endif %}){% if not loop.last %}, {% endif %}{% else %}none{% endfor %}</td></tr>
   {% endfor %}
 </table>
 {% if plots['epsilon.png'] %}
@@ -133,8 +135,20 @@ REPORT_HTML = r"""<!DOCTYPE html>
 <div class="note">Events from {{ s.rounds[-1].events_source }}; run id {{ s.rounds[-1].run_id or "not recorded" }}. &delta; = {{ s.delta | delta }}.</div>
 {% endfor %}
 {% else %}
-<p><strong>No differential privacy.</strong> The sites trained with plain SGD: neither the model nor the
-updates carry a formal bound on what they reveal about one record.</p>
+<p><strong>No differential privacy requested.</strong> The run asked for plain SGD: whatever a site
+trained carries no formal bound on what it reveals about one record.</p>
+{% endif %}
+{% if dp.sites %}
+<h3>What each site decided for itself</h3>
+<table>
+  <tr><th>Site</th><th>privacy floor (its own settings)</th><th>record count</th><th>refusals</th></tr>
+  {% for s in dp.sites %}
+  <tr><td>{{ s.site }}</td>
+      <td>{% if s.floor %}{% for k, v in s.floor.items() %}{{ k }} = {{ v }}{% if not loop.last %}; {% endif %}{% endfor %}{% else %}not reported{% endif %}</td>
+      <td>{% if s.record_count_public %}declared public{% else %}kept private{% endif %}</td>
+      <td>{% for f in s.refusals %}round {{ f.round }}: {{ f.reason }}{% if f.floor %} ({{ f.floor }}){% endif %}{% if not loop.last %}; {% endif %}{% else %}none{% endfor %}</td></tr>
+  {% endfor %}
+</table>
 {% endif %}
 
 {% set c = r.client_level_dp %}
@@ -269,8 +283,8 @@ this attack's implied epsilon should lie below it.</div>
 </div>
 {% if p.datasets %}
 <table>
-  <tr><th>site</th><th>dataset fingerprint (sha256)</th><th>site ledger</th></tr>
-  {% for d in p.datasets %}<tr><td>{{ d.site }}</td><td class="hash">{{ d.fingerprint_sha256 }}</td><td><code>{{ d.ledger }}</code></td></tr>{% endfor %}
+  <tr><th>site</th><th>dataset identity (sha256)</th><th>site ledger</th></tr>
+  {% for d in p.datasets %}<tr><td>{{ d.site }}</td><td class="hash">{{ d.dataset_sha256 }}</td><td><code>{{ d.ledger }}</code></td></tr>{% endfor %}
 </table>
 {% endif %}
 <h3>Configuration</h3>

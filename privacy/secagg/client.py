@@ -202,10 +202,59 @@ class SecAggClient:
             m.SELF_MASK_COMMITMENT: crypto.commit(s.session, self.client_id, seed),
         }
 
+    def check_masked_input(self, request: Mapping[str, Any]) -> None:
+        """Raise SecAggProtocolError unless `masked_input` would accept `request`.
+
+        Changes nothing: a site calls it before it spends anything on training, so a
+        replayed, stale, out-of-order or tampered request costs it no privacy.
+        """
+        self._open_masked_input(request)
+
     def masked_input(
         self, request: Mapping[str, Any], update: np.ndarray, weight: int
     ) -> m.Message:
         """Stage 3: store the neighbours' shares, send weight * update plus all masks."""
+        h, s, srcs, seed_shares, key_shares = self._open_masked_input(request)
+        p = s.params
+        vector, out_of_range = encode(update, weight, p)
+        if out_of_range:
+            log.warning(
+                "client %d: %d of %d update values outside the clipping range +-%g were "
+                "clipped before secure aggregation",
+                self.client_id,
+                out_of_range,
+                p.vector_length,
+                p.clipping_range,
+            )
+        vector += crypto.self_mask(s.seed, len(vector), p.modulus_bits)
+        for peer in srcs:
+            key = self._pair_key(s, s.mask_sk, s.peer_mask_pks[peer], crypto.MASK_PURPOSE, peer)
+            mask = crypto.prg(key, len(vector), p.modulus_bits)
+            if self.client_id < peer:
+                vector += mask
+            else:
+                vector -= mask
+        if p.modulus_bits < 64:
+            vector &= np.uint64(p.modulus - 1)
+        # The seed and the secret keys are no longer needed: the shares stand in for them.
+        self._s = replace(
+            s,
+            stage=m.MASKED_INPUT,
+            seen_nonces=[*s.seen_nonces, h.nonce],
+            mask_sk=b"",
+            enc_sk=b"",
+            seed=b"",
+            seed_shares=seed_shares,
+            key_shares=key_shares,
+            masked_with=sorted(srcs),
+            out_of_range=out_of_range,
+        )
+        return {**self._reply_header(h), m.MASKED_VECTOR: vector}
+
+    def _open_masked_input(
+        self, request: Mapping[str, Any]
+    ) -> tuple[m.Header, _Session, list[int], dict[int, bytes], dict[int, bytes]]:
+        """Check a masked-input request and decrypt the shares it carries."""
         h, s = self._check_request(request, m.MASKED_INPUT)
         r = m.Reader(request, f"masked-input request to client {self.client_id}")
         srcs = r.ids(m.SRC_IDS)
@@ -244,41 +293,7 @@ class SecAggClient:
                 raise SecAggProtocolError(f"share from client {src} has the wrong length")
             seed_shares[src], key_shares[src] = seed_share, key_share
 
-        p = s.params
-        vector, out_of_range = encode(update, weight, p)
-        if out_of_range:
-            log.warning(
-                "client %d: %d of %d update values outside the clipping range +-%g were "
-                "clipped before secure aggregation",
-                self.client_id,
-                out_of_range,
-                p.vector_length,
-                p.clipping_range,
-            )
-        vector += crypto.self_mask(s.seed, len(vector), p.modulus_bits)
-        for peer in srcs:
-            key = self._pair_key(s, s.mask_sk, s.peer_mask_pks[peer], crypto.MASK_PURPOSE, peer)
-            mask = crypto.prg(key, len(vector), p.modulus_bits)
-            if self.client_id < peer:
-                vector += mask
-            else:
-                vector -= mask
-        if p.modulus_bits < 64:
-            vector &= np.uint64(p.modulus - 1)
-        # The seed and the secret keys are no longer needed: the shares stand in for them.
-        self._s = replace(
-            s,
-            stage=m.MASKED_INPUT,
-            seen_nonces=[*s.seen_nonces, h.nonce],
-            mask_sk=b"",
-            enc_sk=b"",
-            seed=b"",
-            seed_shares=seed_shares,
-            key_shares=key_shares,
-            masked_with=sorted(srcs),
-            out_of_range=out_of_range,
-        )
-        return {**self._reply_header(h), m.MASKED_VECTOR: vector}
+        return h, s, srcs, seed_shares, key_shares
 
     def unmask(self, request: Mapping[str, Any]) -> m.Message:
         """Stage 4: self-mask shares of survivors, key shares of dropped peers, never both."""

@@ -1,0 +1,311 @@
+"""A hostile coordinator against real sites: every attack is refused or has no effect.
+
+Each test crafts the Flower Messages a coordinator could send (it controls every setting,
+round number, run id and model) and delivers them to FedVault's real ClientApp; it judges
+the outcome by what the coordinator gets back and by what the site's own ledger holds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from coordinator import (
+    Site,
+    flat_weights,
+    initial_arrays,
+    message,
+    refusal,
+    run_config,
+    secure_round,
+    train_request,
+)
+
+from client.budget import ledger_path_for
+from client.site import resolve_site
+from privacy.accounting import PrivacyEvent, compute_epsilon
+from privacy.dp_ledger import Reservation, commit, reserve
+from privacy.ledger import Ledger
+
+
+@pytest.fixture
+def site(tmp_path) -> Site:
+    site = Site(tmp_path / "sites")
+    site.configure(max_epsilon=8.0)
+    return site
+
+
+def resolve(site: Site):
+    """The site as its ClientApp sees it (its own settings)."""
+    return resolve_site(site.context(0).node_config, str(site.root))
+
+
+def spent(site: Site) -> list[dict]:
+    """The reservations in the site's ledger (what counts against its budget)."""
+    return site.ledger_rows("dp_reserve")
+
+
+def test_dp_false_is_refused_and_recorded(site):
+    reply = train_request(site, run_config(site.root, dp=False))
+    record = refusal(reply)
+    assert record["reason"] == "below-floor" and record["floor"] == "require-dp"
+    assert "arrays" not in reply.content  # the coordinator gets no weights at all
+    assert spent(site) == []
+    (logged,) = site.ledger_rows("refusal")
+    assert logged["floor"] == "require-dp" and logged["round"] == 1
+
+
+def test_noise_below_the_floor_is_refused_and_a_planned_noise_is_raised_to_it(site):
+    site.configure(max_epsilon=50.0, min_noise_multiplier=1.5)
+    record = refusal(train_request(site, run_config(site.root, **{"noise-multiplier": 0.5})))
+    assert (record["reason"], record["floor"]) == ("below-floor", "min-noise-multiplier")
+    assert spent(site) == []
+    # A target epsilon that would need less noise than the floor trains at the floor.
+    loose = run_config(site.root, **{"noise-multiplier": 0.0, "target-epsilon": 40.0})
+    reply = train_request(site, loose, run_id=2)
+    assert refusal(reply) is None
+    (reserved,) = spent(site)
+    assert reserved["event"]["noise_multiplier"] == 1.5
+
+
+def test_plain_train_is_refused_where_the_site_requires_secure_aggregation(site):
+    site.configure(max_epsilon=8.0, require_secagg=True)
+    record = refusal(train_request(site, run_config(site.root)))
+    assert (record["reason"], record["floor"]) == ("below-floor", "require-secagg")
+    assert spent(site) == []
+
+
+def test_per_round_epsilon_cap_refuses_a_costly_round(site):
+    site.configure(max_epsilon=50.0, max_epsilon_per_round=0.5)
+    record = refusal(train_request(site, run_config(site.root, **{"noise-multiplier": 0.6})))
+    assert (record["reason"], record["floor"]) == ("below-floor", "max-epsilon-per-round")
+    assert spent(site) == []
+
+
+def test_identical_requests_give_different_models_whose_noise_no_seed_predicts(tmp_path):
+    """Two sites with the same rows get the same request: one noisy step each.
+
+    Noise dominates (sigma 200, one step over every record), so each released delta is
+    essentially its noise. The deltas are uncorrelated with each other, and with the noise
+    torch would draw from any seed the coordinator knows (the run's settings, round, run id).
+    """
+    deltas = []
+    for name in ("a", "b"):
+        twin = Site(tmp_path / name)
+        twin.configure(max_epsilon=1e6, delta=1e-9)
+        config = run_config(
+            twin.root,
+            **{"noise-multiplier": 200.0, "batch-size": 10_000, "learning-rate": 1.0},
+        )
+        arrays = initial_arrays(config)
+        reply = train_request(twin, config, arrays=arrays)
+        assert refusal(reply) is None
+        deltas.append(flat_weights(reply.content["arrays"]) - flat_weights(arrays))
+    a, b = deltas
+    assert np.abs(a).mean() > 1e-3 and not np.allclose(a, b)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.1
+    config_seed, server_round, run_id = 0, 1, 1
+    for seed in (config_seed * 1000 + server_round, config_seed, server_round, run_id):
+        torch.manual_seed(seed)
+        predicted = torch.normal(0.0, 1.0, size=(len(a),)).double().numpy()
+        assert abs(np.corrcoef(a, predicted)[0, 1]) < 0.1
+        assert np.linalg.norm(a + predicted) > 0.5 * np.linalg.norm(a)  # subtracting fails
+
+
+def test_a_new_seed_or_more_data_continues_the_same_budget(site):
+    first = run_config(site.root)
+    assert refusal(train_request(site, first, run_id=1)) is None
+    changed = run_config(site.root, **{"task.seed": 5, "task.num-train": 1300})
+    assert refusal(train_request(site, changed, run_id=2)) is None
+    ledgers = list(site.state_dir.glob("ledger-*.sqlite"))
+    assert len(ledgers) == 1
+    events = [PrivacyEvent.from_dict(r["event"]) for r in spent(site)]
+    assert len(events) == 2
+    reserved = spent(site)
+    assert reserved[1]["epsilon-after"] == pytest.approx(compute_epsilon(events, 1e-5))
+    assert reserved[1]["epsilon-after"] > reserved[0]["epsilon-after"]
+
+
+def test_replayed_and_out_of_order_train_requests_spend_nothing(site):
+    config = run_config(site.root, **{"server-round": 2})
+    assert refusal(train_request(site, config, run_id=7)) is None
+    again = refusal(train_request(site, config, run_id=7))
+    assert again["reason"] == "replayed-request"
+    earlier = refusal(train_request(site, run_config(site.root, **{"server-round": 1}), run_id=7))
+    assert earlier["reason"] == "out-of-order-request"
+    assert len(spent(site)) == 1
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["no-config", "round-beyond-the-run", "round-not-a-number", "wrong-model", "nan-model"],
+)
+def test_malformed_requests_are_refused_before_any_spending(site, tamper):
+    config = run_config(site.root)
+    arrays = initial_arrays(config)
+    if tamper == "round-beyond-the-run":
+        config["server-round"] = 99
+    elif tamper == "round-not-a-number":
+        config["server-round"] = "2"
+    elif tamper == "wrong-model":
+        state = arrays.to_torch_state_dict()
+        state[next(iter(state))] = torch.zeros(3)
+        arrays = type(arrays)(state)
+    elif tamper == "nan-model":
+        state = arrays.to_torch_state_dict()
+        first = next(iter(state))
+        state[first] = torch.full_like(state[first], float("nan"))
+        arrays = type(arrays)(state)
+    msg = message("train", config, 1, site.node_id, arrays)
+    if tamper == "no-config":
+        del msg.content["config"]
+    record = refusal(site.ask(msg, 1))
+    assert record["reason"] == "malformed-request"
+    if tamper != "no-config":
+        assert spent(site) == []
+
+
+def test_crafted_evaluation_models_get_nothing_by_default_and_noise_when_allowed(site):
+    config = run_config(site.root)
+    crafted = initial_arrays(config, seed=3)
+    evaluate = message("evaluate", config, 1, site.node_id, crafted)
+    record = refusal(site.ask(evaluate, 1))
+    assert record["reason"] == "evaluation-off"
+    assert spent(site) == []
+
+    site.configure(max_epsilon=2.0, allow_evaluation=True, evaluation_noise_multiplier=5.0)
+    answers = []
+    for server_round in (1, 2, 3):
+        config = run_config(site.root, **{"server-round": server_round})
+        reply = site.ask(message("evaluate", config, 1, site.node_id, crafted), 1)
+        if refusal(reply) is not None:
+            answers.append(refusal(reply))
+            continue
+        answers.append(dict(reply.content["metrics"]))
+    served = [a for a in answers if "eval-correct" in a]
+    assert len(served) >= 2
+    counts = [a["eval-count"] for a in served]
+    assert len(set(counts)) == len(counts)  # the same rows, answered with fresh noise
+    assert not any(float(c).is_integer() for c in counts)
+    reserved = [r for r in spent(site) if r["purpose"] == "evaluate"]
+    assert len(reserved) == len(served)
+    # Evaluation spends the same budget: once it is gone, the answer is a refusal.
+    config = run_config(site.root, **{"server-round": 3})
+    for run_id in range(2, 40):
+        reply = site.ask(message("evaluate", config, run_id, site.node_id, crafted), run_id)
+        if refusal(reply) is not None:
+            assert refusal(reply)["reason"] == "budget-exhausted"
+            break
+    else:
+        pytest.fail("evaluations never exhausted the budget")
+
+
+def test_replayed_and_out_of_order_secure_aggregation_requests_spend_nothing(tmp_path):
+    sites = [Site(tmp_path / "sites", index=i, of=3, node_id=21 + i) for i in range(3)]
+    for s in sites:
+        s.configure(max_epsilon=20.0)
+    config = run_config(tmp_path / "sites", secagg=True)
+    arrays = initial_arrays(config)
+    masked, replayed = secure_round(sites, config, 5, arrays, replay="masked-input")
+    assert all(refusal(r) is None for r in masked)
+    assert len(replayed) == 3
+    for reply in replayed:
+        record = refusal(reply)
+        assert record["reason"] == "protocol-violation"
+    for s in sites:
+        assert len(spent(s)) == 1  # one round trained, whatever was replayed
+        assert s.ledger_rows("refusal")[-1]["reason"] == "protocol-violation"
+    # A fresh session for the same round (a second try at the same gradients) is refused
+    # before training: the round was already answered.
+    masked, _ = secure_round(sites, config, 5, arrays, session="s/1-again")
+    assert all(refusal(r)["reason"] == "replayed-request" for r in masked)
+    assert all(len(spent(s)) == 1 for s in sites)
+
+
+def test_every_way_a_budget_runs_out_is_a_refusal(site):
+    site.configure(max_epsilon=2.0)
+    target = run_config(site.root, **{"noise-multiplier": 0.0, "target-epsilon": 2.0})
+    for run_id in range(1, 6):
+        reply = train_request(site, target, run_id=run_id)
+        if refusal(reply) is not None:
+            break
+    record = refusal(reply)
+    assert record["reason"] == "budget-exhausted"
+    # A noise so small that its epsilon is beyond what the accountant computes.
+    tiny = refusal(train_request(site, run_config(site.root, **{"noise-multiplier": 0.05}), 99))
+    assert tiny["reason"] == "budget-exhausted"
+
+
+def test_two_concurrent_runs_on_one_site_never_pass_its_limit(tmp_path):
+    """Two processes, two run ids, one site whose budget holds one more round, not two.
+
+    Each site already has a long, varied history (30 earlier releases), so checking its
+    budget takes the accountant about a second: the two requests, sent at the same instant,
+    are both being checked at once. Three times over (three sites) exactly one trains and the
+    other is refused, because the check and the reservation are one exclusive transaction.
+    """
+    contests = 3
+    sites = [Site(tmp_path / f"contest-{i}") for i in range(contests)]
+    probe = Site(tmp_path / "probe")
+    probe.configure(max_epsilon=50.0)
+    request = run_config(probe.root, **{"noise-multiplier": 2.5})
+    assert refusal(train_request(probe, request)) is None
+    this_round = PrivacyEvent.from_dict(spent(probe)[0]["event"])
+    earlier = [
+        PrivacyEvent(noise_multiplier=3.0 + 0.01 * i, sample_rate=0.1, steps=9, clip_norm=1.0)
+        for i in range(30)
+    ]
+    one_more = compute_epsilon([*earlier, this_round], 1e-5)
+    limit = (one_more + compute_epsilon([*earlier, this_round, this_round], 1e-5)) / 2
+    for site in sites:
+        site.configure(max_epsilon=limit)
+        path, identity = ledger_path_for(resolve(site), "mnist1d")
+        with Ledger.open(path, "site", dataset=identity) as ledger:
+            for i, event in enumerate(earlier):
+                reservation = Reservation("earlier", i, "train", event)
+                reserve(ledger, reservation, lambda history: {"epsilon-after": 0.0})
+                commit(ledger, reservation)
+    worker = textwrap.dedent(
+        """
+        import sys, time
+        sys.path.insert(0, sys.argv[2])
+        from pathlib import Path
+        from coordinator import Site, run_config, train_request
+        run_id, gates, roots = sys.argv[1], Path(sys.argv[3]), sys.argv[4:]
+        for index, root in enumerate(roots):
+            site = Site(Path(root))
+            config = run_config(site.root, **{"noise-multiplier": 2.5})
+            (gates / f"ready-{run_id}-{index}").touch()
+            while not (gates / f"go-{index}").exists():
+                time.sleep(0.005)
+            train_request(site, config, run_id=int(run_id))
+        """
+    )
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two torch processes on two cores
+    args = [str(Path(__file__).parent), str(gates), *(str(site.root) for site in sites)]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", worker, str(run_id), *args], env=env)
+        for run_id in (101, 202)
+    ]
+    for index in range(contests):
+        deadline = time.monotonic() + 120
+        while not all((gates / f"ready-{r}-{index}").exists() for r in (101, 202)):
+            assert time.monotonic() < deadline and all(w.poll() is None for w in workers)
+            time.sleep(0.01)
+        (gates / f"go-{index}").touch()
+    assert [w.wait(timeout=300) for w in workers] == [0, 0]
+    for site in sites:
+        this_run = [r for r in spent(site) if r["run_id"] != "earlier"]
+        assert len(this_run) == 1, site.root
+        (refused,) = site.ledger_rows("refusal")
+        assert refused["reason"] == "budget-exhausted"
+        assert {refused["run_id"], this_run[0]["run_id"]} == {"101", "202"}
