@@ -83,12 +83,13 @@ def _site_optimizer_class() -> type:
             self.rng = rng
 
         def add_noise(self) -> None:
+            """One draw for the whole step, split over the parameters."""
             std = self.noise_multiplier * self.max_grad_norm
-            for p in self.params:
+            sizes = [p.summed_grad.numel() for p in self.params]
+            noise = torch.from_numpy(self.rng.masked_normal(sum(sizes), std))
+            for p, chunk in zip(self.params, noise.split(sizes), strict=True):
                 _check_processed_flag(p.summed_grad)
-                noise = self.rng.masked_normal(tuple(p.summed_grad.shape), std)
-                noise_tensor = torch.from_numpy(noise).to(p.summed_grad.dtype)
-                p.grad = (p.summed_grad + noise_tensor).view_as(p)
+                p.grad = (p.summed_grad + chunk.view_as(p.summed_grad).to(p.dtype)).view_as(p)
                 _mark_as_processed(p.summed_grad)
 
     return SiteNoiseOptimizer

@@ -251,7 +251,6 @@ UTILITY_COLUMNS = {
     "test-loss": "test_loss",
     "client-eval-accuracy": "client_eval_accuracy",
     "client-eval-loss": "client_eval_loss",
-    "train-loss": "train_loss",
     "sites-trained": "sites_trained",
     "sites-refused": "sites_refused",
     "sites-failed": "sites_failed",
@@ -268,7 +267,8 @@ def utility(inputs: RunInputs) -> dict[str, Any]:
     final = rounds[-1] if rounds else {}
     return {
         "test_set": "the task's held-out test set, at the server",
-        "client_eval": "sample-weighted mean of the sites' validation splits",
+        "client_eval": "pooled over the validation rows of the sites that allow evaluation, "
+        "from DP-noised sums each site accounted in its own ledger",
         "final_test_accuracy": final.get("test_accuracy"),
         "rounds": rounds,
     }

@@ -236,11 +236,11 @@ trained carries no formal bound on what it reveals about one record.</p>
 {% endif %}
 <table>
   <tr><th class="num">round</th><th class="num">test accuracy</th><th class="num">test loss</th>
-      <th class="num">site eval accuracy</th><th class="num">train loss</th>
+      <th class="num">site eval accuracy (DP)</th>
       <th class="num">trained</th><th class="num">refused</th><th class="num">failed</th></tr>
   {% for x in u.rounds %}
   <tr><td class="num">{{ x.round }}</td><td class="num">{{ x.test_accuracy | pct }}</td><td class="num">{{ x.test_loss | num(4) }}</td>
-      <td class="num">{{ x.client_eval_accuracy | pct }}</td><td class="num">{{ x.train_loss | num(4) }}</td>
+      <td class="num">{{ x.client_eval_accuracy | pct }}</td>
       <td class="num">{{ x.sites_trained | dash }}</td><td class="num">{{ x.sites_refused | dash }}</td><td class="num">{{ x.sites_failed | dash }}</td></tr>
   {% endfor %}
 </table>
