@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps pycanon==1.3.6
+	$(BIN)/python -m pip install --quiet --no-deps pycanon==1.3.6  # its pins (typer==0.23.2, numpy==2.0.2, pandas==2.3.3) conflict with flwr 1.42 (typer<0.21); it needs only numpy and pandas
 	touch $@
 
 demo: install

@@ -1,14 +1,20 @@
-"""`fedvault anonymize`: apply a site's anonymization policy to a CSV, or draft a policy.
+"""`fedvault anonymize`: cleanse and anonymize a CSV under a site's policy, or draft a policy.
 
 Operators use it to check a policy on their own data before a run, and to export tables that
 may leave the site. Outputs appear only when every target is met: the CSV and the report are
 written to temporary names and renamed together at the end.
+
+A policy that pseudonymizes needs the site's key. Without --state-dir it lives in the site's
+default state directory, $FEDVAULT_HOME/site (FEDVAULT_HOME defaults to ~/.fedvault), created
+0700 on first use, so the command runs as written on a fresh machine and every export of the
+same site uses the same key. The directory is named in the output.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +25,7 @@ from privacy.anonymization import (
     read_table_csv,
     suggest_policy,
 )
+from privacy.anonymization.pseudonymize import KEY_FILE
 from privacy.atomic import atomic_path
 from privacy.errors import FedVaultError
 
@@ -41,6 +48,11 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_state_dir() -> Path:
+    """$FEDVAULT_HOME/site, the site state directory when --state-dir is not given."""
+    return Path(os.environ.get("FEDVAULT_HOME") or Path.home() / ".fedvault") / "site"
+
+
 def _anonymize(args: argparse.Namespace) -> int:
     if not (args.input and args.policy and args.output):
         raise FedVaultError("give IN.csv, --policy POLICY.toml and -o OUT.csv (or --detect FILE)")
@@ -51,13 +63,10 @@ def _anonymize(args: argparse.Namespace) -> int:
         raise FedVaultError("input, output and report must be different files")
     policy = load_policy(args.policy)
     table = read_table_csv(args.input)
-    key = None
+    key = state_dir = None
     if any(rule.action == "pseudonymize" for rule in policy.columns.values()):
-        if not args.state_dir:
-            raise FedVaultError(
-                "the policy pseudonymizes columns: give --state-dir (where the site key lives)"
-            )
-        key = load_or_create_key(args.state_dir)
+        state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+        key = load_or_create_key(state_dir)
     result = anonymize_table(table, policy, key)
     report_text = json.dumps(result.report, indent=2, allow_nan=False) + "\n"
     try:
@@ -68,11 +77,26 @@ def _anonymize(args: argparse.Namespace) -> int:
                     report_tmp.write_text(report_text, encoding="utf-8")
     except OSError as exc:
         raise FedVaultError(f"cannot write output: {exc.strerror or exc}") from exc
-    achieved = result.report["achieved"]
+    report = result.report
+    cleaning = report["cleaning"]
+    changes = ("rows_dropped", "cells_imputed", "cells_clipped", "cells_recoded")
+    if any(cleaning[change] for change in changes):
+        by_rule = ", ".join(
+            f"{step} {count}" for step, count in cleaning["rows_dropped_by_rule"].items() if count
+        )
+        print(
+            f"cleaned: dropped {cleaning['rows_dropped']} of {cleaning['rows_in']} rows"
+            + (f" ({by_rule})" if by_rule else "")
+            + f", imputed {cleaning['cells_imputed']} cells, clipped {cleaning['cells_clipped']}, "
+            f"recoded {cleaning['cells_recoded']}"
+        )
     print(
-        f"wrote {result.report['rows_out']} of {result.report['rows_in']} rows to {args.output} "
-        f"(k={achieved['k']}, suppressed {result.report['suppressed_records']})"
+        f"wrote {report['rows_out']} of {report['rows_in']} rows to {args.output} in shuffled "
+        f"order (k={report['achieved']['k']}, suppressed {report['suppressed_records']}); "
+        f"{report['release_note']}"
     )
+    if state_dir is not None:
+        print(f"pseudonym key: {state_dir / KEY_FILE} (site state directory {state_dir})")
     return 0
 
 
@@ -85,10 +109,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "anonymize",
         help="anonymize a CSV under a policy, or draft a policy with --detect",
-        description="Drop or pseudonymize direct identifiers and generalize quasi-identifiers "
-        "(Mondrian) until the policy's k-anonymity, l-diversity and t-closeness targets hold. "
-        "Nothing is written unless every target is met within the suppression limit. "
-        "With --detect FILE.csv, print a draft policy (TOML) for the file instead.",
+        description="Cleanse the table as the policy's [cleaning] table declares, drop or "
+        "pseudonymize direct identifiers and generalize quasi-identifiers (Mondrian) until the "
+        "policy's k-anonymity, l-diversity and t-closeness targets hold; the rows come out "
+        "shuffled. Every column needs a role in the policy. Nothing is written unless every "
+        "target is met within the suppression limit. With --detect FILE.csv, print a complete "
+        "draft policy (TOML) for the file instead, with the reason for each role.",
         epilog="Policy format and metrics: docs/anonymization.md",
     )
     parser.add_argument("input", nargs="?", metavar="IN.csv", help="table to anonymize")
@@ -98,7 +124,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--state-dir",
         metavar="DIR",
-        help="the site's state directory; holds pseudonym.key (created 0600 if absent)",
+        help="the site's state directory; holds pseudonym.key (created 0600 if absent); "
+        "default $FEDVAULT_HOME/site, FEDVAULT_HOME defaulting to ~/.fedvault",
     )
     parser.add_argument(
         "--detect", metavar="FILE.csv", help="scan FILE.csv and print a draft policy"

@@ -8,19 +8,25 @@ Values given on the command line replace saved ones.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from cli.processes import Child, Supervisor, check_port_free, executable, flower_env
+from client.approval import approved_builds
 from client.site import DEFAULT_DELTA, DEFAULT_EVALUATION_NOISE, DEFAULT_MAX_EPSILON, SITE_KEYS
 from client.supernode import (
     CONNECTED_MARK,
     DEFAULT_CLIENT_PORT,
     REJECTED_MARKS,
+    keep_roster,
     key_fingerprint,
     resolve_site_settings,
+    site_roster,
     supernode_command,
+    write_clientapp_launcher,
     write_node_config,
     write_site_settings,
 )
@@ -41,6 +47,7 @@ SITE_FLAGS = (
     "allow-evaluation",
     "evaluation-noise-multiplier",
     "public-record-count",
+    "min-secagg-peers",
 )
 
 
@@ -64,14 +71,27 @@ def _client(args: argparse.Namespace) -> int:
     settings = resolve_site_settings(
         state_dir, site, server=args.server, ca=args.ca, key=args.key, port=args.port
     )
+    settings = replace(settings, site={**settings.site, "identity-key": settings.key})
+    identity, roster = site_roster(state_dir, args.roster, settings.key)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keep_roster(state_dir, roster)
     write_site_settings(state_dir, settings)
     node_config = write_node_config(state_dir)
     fingerprint = key_fingerprint(settings)
+    approved = approved_builds(state_dir)
+    if not approved:
+        print(
+            "fedvault: warning: no app build approved yet; every run will be refused "
+            f"(fedvault approve HASH --state-dir {state_dir})",
+            file=sys.stderr,
+            flush=True,
+        )
     if not verify_tls_server(settings.server, settings.ca):
         print(f"fedvault: {settings.server} not reachable yet; retrying", flush=True)
     check_port_free("127.0.0.1", settings.port)
     env = flower_env(state_dir / "flwr")
+    launcher = write_clientapp_launcher(state_dir, sys.executable)
+    env["PATH"] = os.pathsep.join([str(launcher), env["PATH"]])
     command = supernode_command(settings, node_config, executable("flower-supernode"))
     with Supervisor() as supervisor:
         node = supervisor.start("supernode", command, env)
@@ -83,8 +103,8 @@ def _client(args: argparse.Namespace) -> int:
             on_exit=_rejected(fingerprint),
         )
         print(
-            f"fedvault: site connected to {settings.server} with key {fingerprint}. "
-            "Stop with Ctrl-C.",
+            f"fedvault: site connected to {settings.server} as {identity.name} with key "
+            f"{fingerprint}; {len(approved)} approved app build(s). Stop with Ctrl-C.",
             flush=True,
         )
         exited = supervisor.wait_for_exit_or_signal()
@@ -119,6 +139,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--server", metavar="HOST:PORT", help="the server's site address")
     parser.add_argument("--ca", metavar="CA_CERT", help="the federation's ca.crt")
     parser.add_argument("--key", metavar="KEY", help="private key from `fedvault keys new`")
+    parser.add_argument(
+        "--roster",
+        metavar="ROSTER",
+        help="the federation roster (every site's name and key) from the coordinator; copied "
+        "into STATE_DIR, needed on the first start. Check every fingerprint in it with its "
+        "site: secure aggregation accepts only peers it lists",
+    )
     site = parser.add_argument_group(
         "the site's own settings (saved in site.toml; a later start keeps what is not given)"
     )
@@ -176,6 +203,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         metavar="SIGMA",
         help=f"noise of each evaluation release (default {DEFAULT_EVALUATION_NOISE:g})",
+    )
+    site.add_argument(
+        "--min-secagg-peers",
+        type=int,
+        metavar="N",
+        help="refuse secure aggregation with fewer authenticated peers (default 1)",
     )
     site.add_argument(
         "--public-record-count",

@@ -22,6 +22,9 @@ SUBCOMMAND_MODULES = (
     "cli.keys",
     "cli.server",
     "cli.client",
+    "cli.approve",
+    "cli.roster",
+    "cli.kubernetes",
     "cli.run",
     "cli.report",
 )

@@ -24,8 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "docs/report-schema.md) signed with Ed25519 in report.sig, plus report.html with "
         "plots and/or report.md. Every epsilon is recomputed from the recorded privacy "
         "events. With --verify, check instead that every ledger's hash chain holds, that the "
-        "report's recorded ledger heads match, that the signature is valid and that "
-        "report.json equals a fresh rebuild; exit 2 naming the first problems otherwise.",
+        "report's recorded ledger heads match, that the signature is valid, that report.html, "
+        "report.md and the plots are the ones it signed, that the site ledgers hold the heads "
+        "their sites signed, and that report.json equals a fresh rebuild; exit 2 naming the "
+        "first problems otherwise.",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
     parser.add_argument(
@@ -43,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="PATH",
         help="with --verify: PEM public key the report must be signed with (signing.key.pub)",
+    )
+    parser.add_argument(
+        "--roster",
+        type=Path,
+        metavar="ROSTER",
+        help="with --verify: your own copy of the federation roster, to check the ledger "
+        "heads each site signed (default: the run's roster.toml)",
     )
     parser.add_argument(
         "--signing-key",
@@ -71,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from privacy.report import verify_run, write_report
 
     if args.verify:
-        problems = verify_run(args.run_dir, args.public_key)
+        problems = verify_run(args.run_dir, args.public_key, args.roster)
         if problems:
             raise FedVaultError(f"{args.run_dir}: verification failed: " + "; ".join(problems))
         signer = "the given public key" if args.public_key else "the key report.json names"
@@ -80,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
             f"signature valid for {signer}"
         )
         return 0
-    if args.public_key is not None:
-        raise FedVaultError("--public-key is only used with --verify")
+    if args.public_key is not None or args.roster is not None:
+        raise FedVaultError("--public-key and --roster are only used with --verify")
     from privacy.report.signing import default_signing_key
 
     key_path = args.signing_key or default_signing_key()

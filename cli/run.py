@@ -4,11 +4,19 @@ Flower's `flwr run --stream` exits 0 even when the run failed, so this command s
 streams the run's log, then asks the server for the run's final status and exits 1 unless
 it is `finished:completed`. It talks to the loopback-only Control API, i.e. it runs on the
 server machine (or through an SSH tunnel to it).
+
+Before anything is submitted, a run of the FedVault app is checked here as its ServerApp
+will see it (the app's defaults under the scenario's overrides, through the same
+`RunSettings`), and its run directory is checked against what it already holds: a mistake
+the server would only find after the run started, with a traceback in its log, or one that
+would mix two runs in one ledger, is one line and exit status 2 instead. The run directory
+is read on this machine, which is the server machine the run directory lives on.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import tempfile
@@ -18,7 +26,9 @@ from pathlib import Path
 import tomli_w
 
 from cli.processes import executable, flower_env
+from client.approval import app_build_hash
 from privacy.errors import FedVaultError
+from privacy.identity import ROSTER_FILE
 from server.superlink import FlwrControl, control_target, read_toml
 from simulations.scenario import flatten, load_scenario
 
@@ -26,15 +36,22 @@ APP_DIR = Path(__file__).resolve().parent.parent
 RESUME_KEY = "resume-run-id"
 COMPLETED = "finished:completed"
 FINAL_STATUS_WAIT_S = 60.0
+# The ServerApp whose run config tasks/settings.py describes (pyproject.toml names it).
+FEDVAULT_SERVERAPP = "server.app:app"
 
 
-def app_config_keys(app_dir: Path) -> set[str]:
-    """The run-config keys the app declares (`[tool.flwr.app.config]`, flattened)."""
+def _flwr_app(app_dir: Path) -> dict:
+    """The app's `[tool.flwr.app]` table."""
     project = read_toml(app_dir / "pyproject.toml", "app project file")
-    config = project.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
+    return project.get("tool", {}).get("flwr", {}).get("app", {})
+
+
+def app_config(app_dir: Path) -> dict:
+    """The run-config defaults the app declares (`[tool.flwr.app.config]`, flattened)."""
+    config = _flwr_app(app_dir).get("config")
     if not isinstance(config, dict):
         raise FedVaultError(f"{app_dir / 'pyproject.toml'} has no [tool.flwr.app.config]")
-    return set(flatten(config))
+    return flatten(config)
 
 
 def run_overrides(app_dir: Path, scenario: str | None, resume: str | None) -> dict:
@@ -58,14 +75,78 @@ def run_overrides(app_dir: Path, scenario: str | None, resume: str | None) -> di
         if not resume.isdigit():
             raise FedVaultError(f"--resume needs a run id (digits), got {resume!r}")
         overrides[RESUME_KEY] = resume
-    known = app_config_keys(app_dir)
-    unknown = sorted(set(overrides) - known)
+    unknown = sorted(set(overrides) - set(app_config(app_dir)))
     if unknown:
         raise FedVaultError(
             f"run-config key {unknown[0]!r} is not declared by the app in "
             f"{app_dir / 'pyproject.toml'} [tool.flwr.app.config]"
         )
     return overrides
+
+
+def check_run(app_dir: Path, overrides: dict, resume: str | None) -> None:
+    """Refuse a FedVault run that its ServerApp would fail, or that would damage `out`.
+
+    Other apps (`--app`) have run configs of their own: only their keys are checked.
+    """
+    if _flwr_app(app_dir).get("components", {}).get("serverapp") != FEDVAULT_SERVERAPP:
+        return
+    from tasks.settings import RunSettings
+
+    settings = RunSettings.from_config({**app_config(app_dir), **overrides})
+    out = Path(settings.out)
+    if not out.is_absolute():
+        raise FedVaultError(
+            f"run setting 'out' must be an absolute path on the server machine, got "
+            f"{settings.out!r} (the ServerApp would write it under the SuperLink's working "
+            "directory)"
+        )
+    check_run_directory(out, resume)
+
+
+def check_run_directory(out: Path, resume: str | None) -> None:
+    """A new run needs a fresh `out`; `--resume RUN_ID` needs `out` to hold run RUN_ID unfinished.
+
+    A second run in one directory would append to the first run's ledger and replace its
+    signed report, and the mixed result would still verify.
+    """
+    from server.rundir import STATUS_FILE
+
+    status = _run_status(out / STATUS_FILE)
+    if resume is not None:
+        if status is None:
+            raise FedVaultError(f"no run to resume in {out} (no readable {STATUS_FILE})")
+        held = str(status.get("run_id"))
+        if held != resume:
+            raise FedVaultError(f"{out} holds run {held}, not {resume}; cannot resume it")
+        if status.get("status") == "completed":
+            raise FedVaultError(f"run {resume} in {out} already completed; nothing to resume")
+        return
+    if status is not None:
+        held = status.get("run_id")
+        if status.get("status") == "completed":
+            raise FedVaultError(
+                f"{out} already holds completed run {held}; choose another out for a new run"
+            )
+        raise FedVaultError(
+            f"{out} holds unfinished run {held} ({status.get('status')}); continue it with "
+            f"--resume {held}, or choose another out"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FedVaultError(f"run directory {out} exists and is not empty; choose another out")
+
+
+def _run_status(path: Path) -> dict | None:
+    """The run directory's status record; None if there is none."""
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise FedVaultError(f"cannot read {path}: {exc}") from None
+    if not isinstance(status, dict):
+        raise FedVaultError(f"{path} is not a run status record")
+    return status
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -82,18 +163,40 @@ def _final_status(control: FlwrControl, run_id: str) -> tuple[str, str]:
     return status, details
 
 
+def deployment_overrides(app_dir: Path, state_dir: str | None) -> dict:
+    """What every deployed FedVault run is told by `fedvault run` itself: that it has no
+    simulated sites, and where the federation roster is (its report checks the sites'
+    signatures against it)."""
+    if _flwr_app(app_dir).get("components", {}).get("serverapp") != FEDVAULT_SERVERAPP:
+        return {}
+    overrides: dict = {"sites-root": ""}
+    if state_dir is not None and (Path(state_dir) / ROSTER_FILE).is_file():
+        overrides["roster"] = str((Path(state_dir) / ROSTER_FILE).resolve())
+    return overrides
+
+
 def _run(args: argparse.Namespace) -> int:
     app_dir = Path(args.app).resolve()
-    overrides = run_overrides(app_dir, args.scenario, args.resume)
+    overrides = {
+        **deployment_overrides(app_dir, args.state_dir),
+        **run_overrides(app_dir, args.scenario, args.resume),
+    }
     target = control_target(args.server, args.ca, args.state_dir)
+    build = app_build_hash(app_dir)
     with (
         FlwrControl(target, executable("flwr"), flower_env()) as control,
         tempfile.TemporaryDirectory(prefix="fedvault-run-") as tmp,
     ):
+        check_run(app_dir, overrides, args.resume)
         config_file = None
         if overrides:
             config_file = Path(tmp, "run-config.toml")
             config_file.write_text(tomli_w.dumps(overrides), encoding="utf-8")
+        print(
+            f"fedvault: submitting app build sha256:{build} (sites serve it only once they "
+            f"approved it: fedvault approve {build} --state-dir SITE_STATE)",
+            flush=True,
+        )
         run_id = control.start_run(app_dir, config_file)
         print(f"fedvault: started run {run_id} on {target.address}", flush=True)
         previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -124,7 +227,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Submit the FedVault app to a running `fedvault server`, stream the "
         "run's log, and exit 0 only if the run finished successfully (1 if it failed, "
         "2 for bad input). Runs are submitted through the server's loopback-only Control "
-        "API: run this on the server machine with --state-dir, or give --server and --ca.",
+        "API: run this on the server machine with --state-dir, or give --server and --ca. "
+        "Nothing is submitted unless the server's certificate checks out against the CA, "
+        "the run settings pass the checks the ServerApp makes, `out` is an absolute path, "
+        "and `out` holds no other run (with --resume: holds run RUN_ID, unfinished).",
     )
     parser.add_argument(
         "scenario",

@@ -48,12 +48,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the interrupted run in --out from its last completed round",
     )
+    cluster = parser.add_argument_group(
+        "where the simulated sites run (default: a Ray started on this machine, one CPU per site)"
+    )
+    cluster.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="join an existing Ray cluster instead: the head node's address (its `ray start "
+        "--head --port`), or auto for the cluster this machine belongs to. Every node needs "
+        "this FedVault installation, and --out and --sites must be on storage all nodes share",
+    )
+    cluster.add_argument(
+        "--site-cpus",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="CPUs each simulated site reserves (default: %(default)g): a node with C cores "
+        "trains at most C / N sites at once",
+    )
+    cluster.add_argument(
+        "--site-gpus",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="GPUs each simulated site reserves (default: %(default)g; 0.5 lets two sites share "
+        "one); FedVault's training itself runs on CPU",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from privacy.errors import FedVaultError
-    from simulations.runner import print_progress, simulate
+    from simulations.runner import RayCluster, print_progress, simulate
 
     scenario = load_scenario(args.scenario)
     overrides = {
@@ -74,11 +100,18 @@ def run(args: argparse.Namespace) -> int:
         scenario.num_sites = args.clients
     if args.resume and not args.out:
         raise FedVaultError("--resume needs --out, the run directory to continue")
+    cluster = RayCluster(args.ray_address, args.site_cpus, args.site_gpus)
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{scenario.name}")
     rounds = int(scenario.run.get("num-rounds", 8))
-    print(f"fedvault: simulating {scenario.num_sites} sites, scenario {scenario.name!r}, -> {out}")
+    where = f" on the Ray cluster at {cluster.address}" if cluster.address else ""
+    print(
+        f"fedvault: simulating {scenario.num_sites} sites{where}, scenario {scenario.name!r}, "
+        f"-> {out}"
+    )
     sites = Path(args.sites) if args.sites else None
-    final = simulate(scenario, out, print_progress(rounds), sites, resume=args.resume)
+    final = simulate(
+        scenario, out, print_progress(rounds), sites, resume=args.resume, cluster=cluster
+    )
     print(f"fedvault: done, test accuracy {final['test-accuracy']:.4f}; run directory {out}")
     print(f"fedvault: privacy-budget report {out / 'report.html'}")
     print(f"fedvault: check it with: fedvault report --verify {out}")

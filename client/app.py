@@ -37,7 +37,7 @@ from client.request import (
     read_request,
     read_settings,
 )
-from client.site import Site, resolve_site
+from client.site import Site, resolve_site, site_identity
 from privacy.dp_ledger import Refused
 from privacy.errors import FedVaultError
 from privacy.secagg import SecAggClient, SecAggProtocolError
@@ -75,10 +75,13 @@ def secagg_handler(msg: Message, context: Context) -> Message:
 
     def answer(request: SiteRequest, site: Site, budget: SiteBudget) -> Message:
         _maybe_drop_out(site, str(stage))
+        identity = site_identity(site)
         client = (
-            SecAggClient.from_state(dict(context.state[SECAGG_STATE]))
+            SecAggClient.from_state(
+                dict(context.state[SECAGG_STATE]), identity, site.min_secagg_peers
+            )
             if SECAGG_STATE in context.state
-            else SecAggClient(context.node_id)
+            else SecAggClient(context.node_id, identity, site.min_secagg_peers)
         )
         extra: dict = {}
         if stage == m.SETUP and request.settings.dp:

@@ -20,7 +20,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
 
-from client.site import Site
+from client.site import Site, site_identity
 from client.training import DpSgd, poisson_plan
 from privacy.accounting import PrivacyEvent, compute_epsilon, solve_noise_multiplier
 from privacy.dp_ledger import (
@@ -34,6 +34,7 @@ from privacy.dp_ledger import (
     spent_events,
 )
 from privacy.errors import FedVaultError
+from privacy.identity import encode_signature, ledger_head_bytes
 from privacy.ledger import Ledger
 from tasks.settings import RunSettings
 
@@ -172,6 +173,13 @@ class SiteBudget:
     def summary(self, reservation: Reservation, epsilon: float) -> dict[str, Any]:
         """What the site tells the server about its spending (events, not just epsilon)."""
         history = spent_events(self.ledger)
+        head, rows = self.ledger.head(), len(self.ledger.rows())
+        dataset = hashlib.sha256(str(self.ledger.dataset).encode("utf-8")).hexdigest()
+        signed = {}
+        identity = site_identity(self.site)
+        if identity is not None:
+            statement = ledger_head_bytes(identity.name, dataset, head, rows)
+            signed["head-signature"] = encode_signature(identity.sign(statement))
         return {
             "site": self.site.name,
             "purpose": reservation.purpose,
@@ -182,8 +190,10 @@ class SiteBudget:
             "accountant": self.settings.accountant,
             "event": reservation.event.to_dict(),
             "events": [e.to_dict() for e in history],
-            "ledger-head": self.ledger.head(),
-            "dataset-sha256": hashlib.sha256(str(self.ledger.dataset).encode("utf-8")).hexdigest(),
+            "ledger-head": head,
+            "ledger-rows": rows,
+            "dataset-sha256": dataset,
+            **signed,
             **reservation.details,
         }
 

@@ -16,19 +16,23 @@ and a deployed site refuses it.
 
 from __future__ import annotations
 
+import functools
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from privacy.certs import load_node_private_key
 from privacy.errors import FedVaultError
+from privacy.identity import ROSTER_FILE, Identity, Roster
 
 SITE_FILE = "site.toml"
 DEFAULT_MAX_EPSILON = 10.0
 DEFAULT_DELTA = 1e-5
 DEFAULT_EVALUATION_NOISE = 20.0
+IDENTITY_KEY_FILE = "node.key"
 
 # key -> (type, description): the whole site.toml vocabulary.
 SITE_KEYS: dict[str, tuple[type, str]] = {
@@ -47,6 +51,9 @@ SITE_KEYS: dict[str, tuple[type, str]] = {
         bool,
         "declare the number of records public (sent, and used as weight)",
     ),
+    "roster": (str, "the federation roster (default: roster.toml in the state directory)"),
+    "identity-key": (str, "the site's identity key (default: node.key in the state directory)"),
+    "min-secagg-peers": (int, "refuse secure aggregation with fewer authenticated peers"),
     "insecure-seed": (
         int,
         "simulation only: noise, sampling and split follow from it: NOT private",
@@ -87,6 +94,9 @@ class Site:
     public_record_count: bool = False
     insecure_seed: int | None = None
     dropout_stage: str = ""
+    roster_path: str = ""
+    identity_key_path: str = ""
+    min_secagg_peers: int = 1
 
     @property
     def simulated(self) -> bool:
@@ -205,17 +215,26 @@ def make_site(
         public_record_count=get("public-record-count", False),
         insecure_seed=get("insecure-seed", None),
         dropout_stage=get("dropout-stage", ""),
+        roster_path=get("roster", str(state_dir / ROSTER_FILE)),
+        identity_key_path=get("identity-key", str(state_dir / IDENTITY_KEY_FILE)),
+        min_secagg_peers=get("min-secagg-peers", 1),
     )
 
 
 def resolve_site(node_config: Mapping[str, Any], sites_root: str) -> Site:
-    """The site for this node: deployed (node config `state-dir`) or simulated (partition id)."""
+    """The site for this node: deployed (node config `state-dir`) or simulated (partition id).
+
+    A site with a roster is known by the name the roster gives its identity key; without
+    one, by its state directory's name.
+    """
     if "state-dir" in node_config:
         state_dir = Path(str(node_config["state-dir"]))
         raw = {**read_site_file(state_dir), **_from_node_config(node_config)}
-        return make_site(
+        site = make_site(
             state_dir.name, state_dir, site_settings(raw, str(state_dir / SITE_FILE), False)
         )
+        identity = site_identity(site)
+        return replace(site, name=identity.name) if identity else site
     if "partition-id" not in node_config:
         raise FedVaultError("node config has neither 'state-dir' (deployment) nor 'partition-id'")
     if not sites_root:
@@ -223,13 +242,32 @@ def resolve_site(node_config: Mapping[str, Any], sites_root: str) -> Site:
     pid = int(node_config["partition-id"])
     state_dir = Path(sites_root) / f"site-{pid}"
     settings = site_settings(read_site_file(state_dir), str(state_dir / SITE_FILE), True)
-    return make_site(
+    site = make_site(
         f"site-{pid}",
         state_dir,
         settings,
         partition_id=pid,
         num_partitions=int(node_config["num-partitions"]),
     )
+    identity = site_identity(site)
+    return replace(site, name=identity.name) if identity else site
+
+
+def site_identity(site: Site) -> Identity | None:
+    """The site's identity (roster name, key, roster), None if it has no roster.
+
+    A roster without the site's key, or a roster that lists the key under a name the site
+    did not expect, is an error: the site refuses to run rather than run unnamed.
+    """
+    roster = Path(site.roster_path)
+    if not roster.exists():
+        return None
+    return _load_identity(str(roster), site.identity_key_path, roster.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_identity(roster: str, key: str, modified: int) -> Identity:
+    return Identity.of(load_node_private_key(key), Roster.load(roster))
 
 
 def read_site_file(state_dir: Path) -> dict[str, Any]:

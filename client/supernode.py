@@ -24,6 +24,7 @@ from client.site import SITE_FILE, read_site_file, site_settings
 from privacy.atomic import atomic_write_text
 from privacy.certs import fingerprint, load_certificate, load_node_private_key, parse_address
 from privacy.errors import FedVaultError
+from privacy.identity import ROSTER_FILE, Identity, Roster
 
 CONNECTION_FILE = "supernode.toml"
 NODE_CONFIG_FILE = "node-config.toml"
@@ -121,6 +122,41 @@ def resolve_site_settings(
     load_node_private_key(key)
     _check_private(key)
     return SiteSettings(str(merged["server"]), ca, key, port, keys)
+
+
+def site_roster(state_dir: Path, roster: str | None, key: str) -> tuple[Identity, Path]:
+    """The site's identity under the given roster (or its saved copy), and that roster file.
+
+    Without a roster there is no authenticated secure aggregation and no name for the site,
+    so a deployed site refuses to start without one. Nothing is written here.
+    """
+    source = Path(_existing_file(roster, "roster")) if roster else state_dir / ROSTER_FILE
+    if not source.exists():
+        raise FedVaultError(
+            "this site has no roster: pass --roster ROSTER, the federation roster from the "
+            "coordinator (check every fingerprint in it with its site, as for ca.crt)"
+        )
+    return Identity.of(load_node_private_key(key), Roster.load(source)), source
+
+
+def keep_roster(state_dir: Path, source: Path) -> None:
+    """The site's own copy of the roster, which only the site's operator replaces."""
+    target = state_dir / ROSTER_FILE
+    if source.resolve() != target.resolve():
+        atomic_write_text(target, source.read_text(encoding="utf-8"), mode=0o644)
+
+
+def write_clientapp_launcher(state_dir: Path, python: str) -> Path:
+    """`bin/flwr-clientapp` in the state dir, running the site's own ClientApp process.
+
+    Flower starts each ClientApp process by the bare name `flwr-clientapp`; with this
+    directory first on the SuperNode's PATH that is client/app_process.py, which serves
+    only approved builds, with the site's installed code. Returns the directory.
+    """
+    folder = state_dir / "bin"
+    script = f"#!{python}\nfrom client.app_process import main\n\nmain()\n"
+    atomic_write_text(folder / "flwr-clientapp", script, mode=0o700)
+    return folder
 
 
 def key_fingerprint(settings: SiteSettings) -> str:

@@ -16,6 +16,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,7 +326,12 @@ def verify_server_certificate(
 
 
 def check_server_certificates(directory: str | os.PathLike[str]) -> CertificatePaths:
-    """Validate the files a server needs (ca.crt, server.crt, server.key) in `directory`."""
+    """Validate the files a server needs (ca.crt, server.crt, server.key) in `directory`.
+
+    The private keys there must be the owner's alone: whoever reads `server.key` can pose as
+    the server, whoever reads `ca.key` can mint a certificate for any name. `ca.key` is not
+    needed to serve (it belongs offline), but if it is still here it is checked too.
+    """
     paths = CertificatePaths(Path(directory))
     if not paths.directory.is_dir():
         raise FedVaultError(f"certificate directory not found: {paths.directory}")
@@ -333,7 +339,22 @@ def check_server_certificates(directory: str | os.PathLike[str]) -> CertificateP
     cert = load_certificate(paths.server_cert, "server certificate")
     key = load_private_key(paths.server_key, "server key")
     verify_server_certificate(ca, cert, key)
+    check_private_file(paths.server_key, "server key")
+    if paths.ca_key.exists():
+        check_private_file(paths.ca_key, "CA key")
     return paths
+
+
+def check_private_file(path: Path, what: str) -> None:
+    """Refuse a private key file that users other than its owner can read or write."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise FedVaultError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise FedVaultError(
+            f"{what} {path} is accessible by other users (mode {mode:04o}); run chmod 600 on it"
+        )
 
 
 def certificate_ips(cert: x509.Certificate) -> list[str]:
@@ -425,10 +446,15 @@ def verify_tls_server(address: str, ca_cert: str | os.PathLike[str], timeout: fl
 
     True when verified; False when nothing answers (the caller may retry later); a
     FedVaultError when the server presents a certificate the CA does not vouch for, or one
-    that does not name the host in `address`.
+    that does not name the host in `address`, or when `ca_cert` holds no certificate.
     """
     host, port = parse_address(address)
-    context = ssl.create_default_context(cafile=os.fspath(ca_cert))
+    try:
+        context = ssl.create_default_context(cafile=os.fspath(ca_cert))
+    except FileNotFoundError:
+        raise FedVaultError(f"CA certificate not found: {ca_cert}") from None
+    except (ssl.SSLError, OSError):
+        raise FedVaultError(f"CA certificate {ca_cert} is not a PEM certificate") from None
     try:
         with (
             socket.create_connection((host, port), timeout=timeout) as raw,

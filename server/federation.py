@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import getLogger
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -88,9 +89,10 @@ def run_federation(
         rundir.check_resumable(settings.to_config())
         run_id = resume.run_id
     rundir.start(settings.to_config(), run_id=run_id, resumed=resume is not None)
+    if settings.roster:
+        rundir.keep_roster(Path(settings.roster))
     ledger = Ledger.open(rundir.path / "run-ledger.sqlite", kind="run")
-    if settings.sites_root == "":
-        record_transport(ledger)
+    record_transport(ledger)
     try:
         final, model = _rounds(grid, settings, rundir, ledger, progress, run_id, resume)
     except BaseException as exc:

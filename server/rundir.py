@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from privacy.atomic import atomic_path, atomic_write_text
+from privacy.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from privacy.errors import FedVaultError
+from privacy.identity import ROSTER_FILE, Roster
 
 STATUS_FILE = "status.json"
 
@@ -48,6 +49,11 @@ class RunDirectory:
         )
         if changed:
             raise FedVaultError(f"settings differ from the run being resumed: {', '.join(changed)}")
+
+    def keep_roster(self, roster: Path) -> None:
+        """A copy of the federation roster, so the report can check the sites' signatures."""
+        Roster.load(roster)
+        atomic_write_bytes(self.path / ROSTER_FILE, roster.read_bytes())
 
     def set_status(self, status: str, **details: object) -> None:
         self.write_json(STATUS_FILE, {"status": status, "time": _now(), **details})

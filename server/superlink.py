@@ -40,9 +40,11 @@ from privacy.certs import (
     check_server_certificates,
     fingerprint,
     format_address,
+    load_certificate,
     load_node_public_key,
     openssh_public_key,
     parse_address,
+    verify_tls_server,
 )
 from privacy.errors import FedVaultError
 
@@ -311,6 +313,7 @@ def control_target(
     ca_file = Path(ca_path).resolve()
     if not ca_file.is_file():
         raise FedVaultError(f"CA certificate not found: {ca_file}")
+    load_certificate(ca_file, "CA certificate")
     return ControlTarget(address, ca_file)
 
 
@@ -318,7 +321,9 @@ class FlwrControl:
     """The `flwr` CLI pointed at one SuperLink's Control API, and nothing else.
 
     A context manager: inside, a private temporary FLWR_HOME holds a single connection,
-    so the user's own `~/.flwr` is neither read nor changed.
+    so the user's own `~/.flwr` is neither read nor changed. Entering it first shakes hands
+    with the server over TLS: `flwr` reports a certificate the CA does not vouch for as an
+    unavailable connection, which would send the user looking for a server that is running.
     """
 
     def __init__(self, target: ControlTarget, flwr: str, env: Mapping[str, str]) -> None:
@@ -328,6 +333,8 @@ class FlwrControl:
         self._home: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> FlwrControl:
+        if not verify_tls_server(self.target.address, self.target.ca_cert):
+            raise FedVaultError(_unreachable(self.target.address))
         self._home = tempfile.TemporaryDirectory(prefix="fedvault-flwr-")
         config = {
             "superlink": {
@@ -426,11 +433,15 @@ def flwr_error(answer: Mapping, address: str = "") -> str:
             "control address, e.g. with --state-dir on the server machine)"
         )
     if "Connection to the SuperLink is unavailable" in message:
-        message = (
-            f"cannot reach the server's Control API at {address or 'the given address'}: "
-            "is `fedvault server` running, and is this its --control-port?"
-        )
+        message = _unreachable(address or "the given address")
     return message
+
+
+def _unreachable(address: str) -> str:
+    return (
+        f"cannot reach the server's Control API at {address}: is `fedvault server` running, "
+        "and is this its --control-port?"
+    )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ Settings and data are checked here, before Ray starts, so a bad setting costs a 
 cluster start-up. Each simulated site gets its own state directory (its ledger and keys) with
 its own `site.toml` under the run directory. Flower's `run_simulation` runs in this process;
 Ray is shut down when it returns, whatever happened.
+
+Ray is started (or, with an address, joined) here rather than by Flower, so that a cluster
+that does not answer, or has no node with room for one site, is one line before any round
+instead of a hang or a traceback from inside the engine. Joining leaves the cluster running.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
@@ -24,10 +30,12 @@ from flwr.serverapp import Grid, ServerApp
 from client.data import cached_dataset, partition_rows
 from client.site import SITE_FILE, read_site_file, site_settings
 from privacy.atomic import atomic_write_text
+from privacy.certs import parse_address
 from privacy.errors import FedVaultError
 from server.federation import ProgressFn, run_federation
 from server.rundir import STATUS_FILE
 from simulations.audit import audit_model
+from simulations.identities import give_identities
 from simulations.scenario import Scenario
 from tasks.settings import RunSettings
 
@@ -38,6 +46,42 @@ OFFLINE_ENV = {
     "RAY_DEDUP_LOGS": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+RAY_PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """Where the simulated sites run, and what each one reserves there.
+
+    Without an address a Ray instance is started on this machine with all its cores; with
+    one (`HOST:PORT` of the head node, or `auto` for the cluster this machine belongs to) the
+    run joins an existing cluster. Every simulated site is a Ray actor that reserves
+    `site_cpus` CPUs and `site_gpus` GPUs (a fraction shares one device), so the cluster's
+    resources, not the number of sites, bound how many sites train at once.
+    """
+
+    address: str | None = None
+    site_cpus: float = 1.0
+    site_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.site_cpus > 0:
+            raise FedVaultError(f"CPUs per site must be > 0, got {self.site_cpus:g}")
+        if not self.site_gpus >= 0:
+            raise FedVaultError(f"GPUs per site must be >= 0, got {self.site_gpus:g}")
+        if self.address not in (None, "auto") and not _is_host_port(self.address):
+            raise FedVaultError(
+                f"Ray address {self.address!r}: give HOST:PORT of the head node "
+                "(`ray start --head --port PORT`) or auto"
+            )
+
+
+def _is_host_port(address: str) -> bool:
+    try:
+        parse_address(address)
+    except FedVaultError:
+        return False
+    return "/" not in address
 
 
 def prepare_run(
@@ -75,6 +119,11 @@ def prepare_run(
     for site_dir, values in written.items():
         site_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(site_dir / SITE_FILE, tomli_w.dumps(values))
+    if settings.secagg and settings.secagg_authenticated:
+        give_identities(
+            {f"site-{i}": sites_root / f"site-{i}" for i in range(scenario.num_sites)},
+            out,
+        )
     return settings
 
 
@@ -84,12 +133,19 @@ def simulate(
     progress: ProgressFn | None = None,
     sites_root: Path | None = None,
     resume: bool = False,
+    cluster: RayCluster | None = None,
 ) -> dict:
-    """Run the scenario (or continue the interrupted run in `out`); Ray is always shut down."""
+    """Run the scenario (or continue the interrupted run in `out`); Ray is always shut down.
+
+    `cluster` says where the sites run (default: a Ray started on this machine).
+    """
     os.environ.update(OFFLINE_ENV)
+    cluster = cluster or RayCluster()
+    logging.getLogger("flwr").setLevel(logging.ERROR)
     fresh = not out.exists()
     try:
         settings = prepare_run(scenario, out, sites_root, resume)
+        site_resources = _start_ray(cluster)
     except BaseException:
         if fresh:
             shutil.rmtree(out, ignore_errors=True)
@@ -114,8 +170,6 @@ def simulate(
 
     from client.app import app as client_app
 
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    cpus = os.cpu_count() or 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -123,10 +177,7 @@ def simulate(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=scenario.num_sites,
-                backend_config={
-                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                    "init_args": {"num_cpus": cpus, "include_dashboard": False},
-                },
+                backend_config={"client_resources": site_resources},
             )
     finally:
         _shutdown_ray()
@@ -148,8 +199,8 @@ def print_progress(num_rounds: int, echo: Callable[[str], None] = print) -> Prog
         ]
         if metrics.get("sites-refused"):
             parts.append(f"refused {metrics['sites-refused']}")
-        if "train-epsilon" in metrics:
-            parts.append(f"site-eps {metrics['train-epsilon']:.3f}")
+        if "max-site-epsilon" in metrics:
+            parts.append(f"max site-eps {metrics['max-site-epsilon']:.3f}")
         if metrics.get("client-epsilon") is not None:
             parts.append(f"client-eps {metrics['client-epsilon']:.3f}")
         if metrics.get("secagg-aborted"):
@@ -169,6 +220,59 @@ def _run_id_of(out: Path) -> str:
     if "run_id" not in status:
         raise FedVaultError(f"{out}/{STATUS_FILE} records no run id")
     return str(status["run_id"])
+
+
+def _start_ray(cluster: RayCluster) -> dict[str, float]:
+    """Start or join Ray; the resources one simulated site reserves (Flower's client_resources).
+
+    The offline settings travel as the job's environment, so that sites on other nodes run
+    with them too. Flower sees Ray initialised and uses this connection. On failure Ray is
+    left down.
+    """
+    import ray
+    from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
+
+    options = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "runtime_env": {"env_vars": dict(OFFLINE_ENV)},
+    }
+    if cluster.address is None:
+        ray.init(num_cpus=os.cpu_count() or 1, **options)
+        where = "this machine"
+    else:
+        if cluster.address != "auto":
+            _probe(cluster.address)
+        try:
+            ray.init(address=cluster.address, **options)
+        except ConnectionError as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise FedVaultError(
+                f"cannot join the Ray cluster at {cluster.address}: {reason}"
+            ) from None
+        where = f"the Ray cluster at {cluster.address}"
+    resources = {"num_cpus": cluster.site_cpus, "num_gpus": cluster.site_gpus}
+    try:
+        pool_size_from_resources(resources)
+    except ValueError:
+        ray.shutdown()
+        raise FedVaultError(
+            f"no node of {where} has {cluster.site_cpus:g} CPU(s) and {cluster.site_gpus:g} "
+            "GPU(s) for one site; lower the resources per site"
+        ) from None
+    return resources
+
+
+def _probe(address: str) -> None:
+    """Refuse a head node that does not answer: `ray.init` would retry for minutes."""
+    host, port = parse_address(address)
+    try:
+        socket.create_connection((host, port), timeout=RAY_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise FedVaultError(
+            f"no Ray head node answers at {address} ({exc.strerror or exc}); start one with "
+            "`ray start --head --port PORT`"
+        ) from None
 
 
 def _shutdown_ray() -> None:

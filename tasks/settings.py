@@ -54,6 +54,7 @@ class RunSettings:
     secagg_clip_range: float = 8.0
     secagg_bits: int = 22
     secagg_timeout: float = 120.0
+    secagg_authenticated: bool = True
     client_dp: bool = False
     client_dp_noise: float = 1.0
     client_dp_clip: float = 1.0
@@ -68,6 +69,7 @@ class RunSettings:
     client_delta: float = 1e-5
     client_accountant: str = "rdp"
     sites_root: str = ""
+    roster: str = ""
     resume_run_id: str = ""
 
     def __post_init__(self) -> None:
@@ -128,6 +130,7 @@ class RunSettings:
             clipping_range=self.secagg_clip_range,
             quantization_bits=self.secagg_bits,
             stage_timeout_s=self.secagg_timeout,
+            authenticated=self.secagg_authenticated,
         )
 
     @property

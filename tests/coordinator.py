@@ -23,6 +23,7 @@ from flwr.app.metadata import Metadata
 
 from client.app import app as site_app
 from client.site import site_settings
+from simulations.identities import give_identities
 from tasks.registry import build_model
 from tasks.settings import RunSettings
 
@@ -160,6 +161,7 @@ def secure_round(
     from privacy.secagg import messages as m
     from tasks.wire import protocol_message, protocol_records, update_length
 
+    give_identities({f"site-{site.index}": site.state_dir for site in sites})
     by_id = {site.node_id: site for site in sites}
     length = update_length(arrays.to_torch_state_dict())
     server = SecAggServer(SecAggConfig(), session, sorted(by_id), length)

@@ -8,11 +8,17 @@ client/budget.py does), so the report sees exactly the formats of a real run, in
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from privacy.accounting import PrivacyEvent, compute_epsilon
+from privacy.certs import CURVE
 from privacy.dp_ledger import Reservation, commit, reserve, spent_events
+from privacy.identity import ROSTER_FILE, encode_signature, ledger_head_bytes, write_roster
 from privacy.ledger import Ledger
 from tasks.settings import RunSettings
 
@@ -52,6 +58,8 @@ def make_run(
     )
     metrics = [{"round": 0, "test-accuracy": 0.1, "test-loss": 2.3}]
     run_ledger = Ledger.open(run_dir / "run-ledger.sqlite", kind="run")
+    keys = {f"site-{i}": ec.generate_private_key(CURVE()) for i in range(sites)}
+    write_roster(run_dir / ROSTER_FILE, {name: key.public_key() for name, key in keys.items()})
     site_ledgers = []
     for i in range(sites):
         ledger = Ledger.open(
@@ -101,9 +109,16 @@ def make_run(
             epsilon = compute_epsilon(history, DELTA, "prv")
             if i == 0 and r == rounds:
                 epsilon += claim_offset
+            dataset = hashlib.sha256(f"/data/site-{i}.csv".encode()).hexdigest()
+            rows = len(ledger.rows())
+            statement = ledger_head_bytes(f"site-{i}", dataset, row.row_hash, rows)
+            signature = keys[f"site-{i}"].sign(statement, ec.ECDSA(hashes.SHA384()))
             run_ledger.append(
                 "site_round",
                 {
+                    "head-signature": encode_signature(signature),
+                    "ledger-rows": rows,
+                    "dataset-sha256": dataset,
                     "site": f"site-{i}",
                     "delta": DELTA,
                     "max-epsilon": MAX_EPSILON,

@@ -46,6 +46,8 @@ def test_shipped_clinic_policy_loads() -> None:
     assert policy.names("sensitive") == ["diagnosis"]
     assert policy.columns["sex"].fixed
     assert policy.columns["birth_date"].type == "date"
+    assert (policy.cleaning.person, policy.cleaning.per_person) == ("national_id", "first")
+    assert policy.cleaning.duplicates == "drop"
 
 
 def test_base_policy_parses_with_inferred_types() -> None:
@@ -149,3 +151,90 @@ def test_policy_file_errors(tmp_path: Path) -> None:
     latin.write_bytes("[targets]\nk = 5 # caf\xe9\n".encode("latin-1"))
     with pytest.raises(FedVaultError, match="not valid UTF-8"):
         load_policy(latin)
+
+
+def test_cleaning_is_parsed() -> None:
+    data = copy.deepcopy(BASE)
+    data["cleaning"] = {
+        "missing_values": [" n/a "],
+        "duplicates": "drop",
+        "person": "email",
+        "per_person": "bound",
+        "max_records_per_person": 3,
+        "columns": {
+            "bmi": {"missing": "median", "min": 10, "max": 80, "outside": "clip"},
+            "diagnosis": {"missing": "category", "fill": "unknown"},
+            "email": {"missing": "drop"},
+        },
+    }
+    cleaning = parse_policy(data).cleaning
+    assert cleaning.declared and cleaning.missing_values == ("n/a",)
+    assert (cleaning.person, cleaning.per_person, cleaning.max_records_per_person) == (
+        "email",
+        "bound",
+        3,
+    )
+    bmi = cleaning.columns["bmi"]
+    assert bmi.numeric and (bmi.minimum, bmi.maximum, bmi.outside) == (10.0, 80.0, "clip")
+    assert cleaning.columns["diagnosis"].fill == "unknown"
+    assert not cleaning.columns["diagnosis"].numeric
+    assert not parse_policy(BASE).cleaning.declared
+    data["cleaning"]["per_person"] = "first"
+    del data["cleaning"]["max_records_per_person"]
+    assert parse_policy(data).cleaning.max_records_per_person == 1
+
+
+@pytest.mark.parametrize(
+    ("cleaning", "message"),
+    [
+        ({"dedupe": True}, "unknown key 'dedupe' in [cleaning]"),
+        ({"duplicates": "merge"}, "cleaning.duplicates must be one of drop, keep"),
+        ({"missing_values": [""]}, "empty cells are always missing"),
+        ({"columns": {"weight": {"missing": "drop"}}}, "column 'weight' has no role in [columns]"),
+        ({"columns": {"bmi": {"missing": "guess"}}}, "cleaning.columns.bmi.missing must be one"),
+        ({"columns": {"bmi": {"impute": 1}}}, "unknown key 'impute' in [cleaning.columns.bmi]"),
+        ({"columns": {"bmi": {"missing": "constant"}}}, 'missing = "constant" needs fill'),
+        ({"columns": {"bmi": {"missing": "drop", "fill": 0}}}, "fill only applies"),
+        ({"columns": {"bmi": {"min": 5}}}, 'range needs outside = "drop" or "clip"'),
+        ({"columns": {"bmi": {"min": 5, "max": 1, "outside": "drop"}}}, "min (5) is above max"),
+        (
+            {"columns": {"bmi": {"min": 5, "outside": "other"}}},
+            'outside = "other" needs categories',
+        ),
+        ({"columns": {"bmi": {"categories": ["a"], "outside": "clip"}}}, '"clip" needs min or max'),
+        ({"columns": {"bmi": {"outside": "drop"}}}, "outside needs min, max or categories"),
+        ({"columns": {"bmi": {"malformed": "drop"}}}, "malformed needs a numeric rule"),
+        (
+            {"columns": {"bmi": {"min": 0, "outside": "drop", "malformed": "missing"}}},
+            'malformed = "missing" needs a missing rule',
+        ),
+        (
+            {"columns": {"bmi": {"missing": "median", "categories": ["a"], "outside": "drop"}}},
+            "a numeric rule (min, max, median, mean) cannot add text",
+        ),
+        ({"columns": {"age": {"missing": "category"}}}, "would put text into a numeric column"),
+        ({"columns": {"zip": {"missing": "mean"}}}, "treats 'zip' as numbers"),
+        ({"columns": {"zip": {"missing": "keep"}}}, 'missing = "keep" leaves cells empty'),
+        ({"columns": {"diagnosis": {"missing": "keep"}}}, "which a sensitive column cannot"),
+        ({"columns": {"email": {"missing": "median"}}}, "an identifier can only have missing"),
+        ({"person": "email"}, "person and per_person go together"),
+        ({"person": "nobody", "per_person": "first"}, "person must name a column with a role"),
+        ({"person": "email", "per_person": "all"}, "per_person must be one of first, merge"),
+        ({"person": "email", "per_person": "bound"}, "max_records_per_person go together"),
+        ({"max_records_per_person": 2}, 'needs per_person = "bound"'),
+        (
+            {"person": "email", "per_person": "bound", "max_records_per_person": 0},
+            "max_records_per_person must be at least 1",
+        ),
+        (
+            {"person": "email", "per_person": "first", "columns": {"email": {"missing": "keep"}}},
+            'the person column can only have missing = "drop"',
+        ),
+    ],
+)
+def test_bad_cleaning_is_one_clear_error(cleaning: dict, message: str) -> None:
+    with pytest.raises(FedVaultError) as info:
+        parse_policy({**BASE, "cleaning": cleaning}, "p.toml")
+    assert message in str(info.value)
+    assert str(info.value).startswith("p.toml")
+    assert "\n" not in str(info.value)

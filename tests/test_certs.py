@@ -224,6 +224,24 @@ def test_server_certificate_checks_name_the_problem(certs, tmp_path):
         check_server_certificates(broken)
 
 
+def test_server_private_keys_must_be_the_owners_alone(certs):
+    check_server_certificates(certs)
+    (certs / "server.key").chmod(0o604)
+    with pytest.raises(FedVaultError, match=r"server key .* by other users \(mode 0604\)"):
+        check_server_certificates(certs)
+    (certs / "server.key").chmod(0o600)
+    (certs / "ca.key").chmod(0o620)
+    with pytest.raises(FedVaultError, match=r"CA key .* by other users \(mode 0620\)"):
+        check_server_certificates(certs)
+    (certs / "ca.key").unlink()  # moved to offline storage, as it should be
+    check_server_certificates(certs)
+
+
+def test_verify_tls_server_names_a_ca_file_without_a_certificate(certs):
+    with pytest.raises(FedVaultError, match=r"ca\.key is not a PEM certificate"):
+        verify_tls_server("127.0.0.1:1", certs / "ca.key")
+
+
 def test_keys_new_writes_an_openssh_p384_pair_flower_can_load(tmp_path, capsys):
     key = tmp_path / "site" / "node.key"
     code, stdout, _ = cli(["keys", "new", "--out", str(key)], capsys)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from cli.main import main
+from privacy.anonymization import anonymize_table, load_policy
 from privacy.errors import FedVaultError
 from tasks.clinic import (
     CLINIC_COLUMNS,
@@ -41,6 +43,9 @@ EXPECTED_COLUMNS = [
     "exercise_hours",
     "readmitted",
 ]
+
+
+SHIPPED_POLICY = Path(__file__).resolve().parents[1] / "simulations/scenarios/clinic-policy.toml"
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +159,19 @@ def test_cli_synth_unwritable_output_leaves_nothing(tmp_path, capsys) -> None:
     assert main(["data", "synth", "clinic", "--rows", "10", "-o", str(blocker / "c.csv")]) == 2
     assert capsys.readouterr().err.startswith("fedvault: error: cannot write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_shipped_policy_keeps_one_record_per_patient() -> None:
+    """A patient re-entered (id typed without dashes) and a row exported twice are removed
+    before anything else sees the table, and the report says how many."""
+    table = generate_clinic(600, 4).astype(str)
+    again = table.iloc[[10, 20]].assign(
+        national_id=lambda rows: rows["national_id"].str.replace("-", ""), bmi="30.0"
+    )
+    doubled = pd.concat([table, again, table.iloc[[30]]], ignore_index=True)
+    report = anonymize_table(doubled, load_policy(SHIPPED_POLICY), b"k" * 32).report
+    cleaning = report["cleaning"]
+    assert cleaning["duplicates"] == {"rule": "drop", "found": 1}
+    assert cleaning["per_person"]["records_removed"] == 2
+    assert cleaning["max_records_per_person"] == 1
+    assert report["rows_in"] == 603 and report["rows_after_cleaning"] == 600

@@ -32,8 +32,14 @@ from client.supernode import (
     resolve_site_settings,
     write_site_settings,
 )
-from privacy.certs import check_server_certificates, init_certificates, new_node_key_pair
+from privacy.certs import (
+    check_server_certificates,
+    init_certificates,
+    load_node_public_key,
+    new_node_key_pair,
+)
 from privacy.errors import FedVaultError
+from privacy.identity import write_roster
 from server.superlink import ServerSettings, https_status, nginx_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,6 +124,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     init_certificates(root / "certs", "localhost")
     new_node_key_pair(root / "site1.key")
     new_node_key_pair(root / "site2.key")
+    keys = {name: load_node_public_key(root / f"{name}.key.pub") for name in ("site1", "site2")}
+    write_roster(root / "roster.toml", keys)
     return root
 
 
@@ -180,13 +188,21 @@ def test_registered_site_connects_stops_cleanly_and_can_be_revoked(server, pki, 
         [
             "client", "--state-dir", str(site_dir), "--server", server["fleet"],
             "--ca", str(pki / "certs" / "ca.crt"), "--key", str(pki / "site1.key"),
+            "--roster", str(pki / "roster.toml"),
             "--max-epsilon", "3.5", "--delta", "1e-5", "--port", str(free_port()),
         ]
     )  # fmt: skip
     client.wait_for("site connected", also=server["process"])
-    assert fingerprint in client.output
+    assert fingerprint in client.output and "as site1 with key" in client.output
     config = tomllib.loads((site_dir / "node-config.toml").read_text())
-    assert config == {"state-dir": str(site_dir.resolve()), "max-epsilon": 3.5, "delta": 1e-5}
+    assert config == {"state-dir": str(site_dir.resolve())}
+    site = tomllib.loads((site_dir / "site.toml").read_text())
+    assert site == {
+        "max-epsilon": 3.5,
+        "delta": 1e-5,
+        "identity-key": str((pki / "site1.key").resolve()),
+    }
+    assert (site_dir / "roster.toml").read_bytes() == (pki / "roster.toml").read_bytes()
     assert client.stop() == 0
     assert "site stopped" in client.output
 
@@ -200,7 +216,8 @@ def test_unregistered_site_is_rejected(server, pki, tmp_path):
     done = fedvault(
         "client", "--state-dir", str(tmp_path / "site2"), "--server", server["fleet"],
         "--ca", str(pki / "certs" / "ca.crt"), "--key", str(pki / "site2.key"),
-        "--port", str(free_port()), "--connect-timeout", "120",
+        "--roster", str(pki / "roster.toml"), "--port", str(free_port()),
+        "--connect-timeout", "120",
     )  # fmt: skip
     assert done.returncode == 2
     assert "rejected this site's key" in done.stderr

@@ -106,20 +106,35 @@ def start_server(root: Path, state: Path, port: int, control: int) -> Server:
     return Server(process, state, fleet, port, control)
 
 
-def start_site(
-    root: Path, server: Server, name: str, state: Path, register: bool, *extra: str
-) -> Process:
-    """Register the site's key (first time) and start `fedvault client` until connected."""
-    if register:
+def enrol(root: Path, server: Server, sites: dict[str, Path]) -> Path:
+    """Register every site's key, write the federation roster, approve the app at each site.
+
+    What the walkthrough does: the coordinator registers the keys and writes roster.toml;
+    each site gets the roster out of band and approves the build `fedvault run` will submit.
+    """
+    for name in sites:
         key = root / name / "node.key.pub"
         registered = in_process(
             "register", str(key), "--name", name, "--state-dir", str(server.state)
         )
         assert registered == (0, ""), registered
+    roster = server.state / "roster-out.toml"
+    code, err = in_process("roster", "--state-dir", str(server.state), "-o", str(roster))
+    assert (code, err) == (0, ""), err
+    for state in sites.values():
+        assert in_process("approve", "--state-dir", str(state), "--app", str(REPO))[0] == 0
+    return roster
+
+
+def start_site(
+    root: Path, server: Server, name: str, state: Path, roster: Path, *extra: str
+) -> Process:
+    """Start `fedvault client` until connected (its key registered, the app approved)."""
     site = Process(
         [
             "client", "--state-dir", str(state), "--server", server.fleet,
             "--ca", str(root / "certs" / "ca.crt"), "--key", str(root / name / "node.key"),
+            "--roster", str(roster),
             "--data", str(root / name / "clinic.csv"),
             "--max-epsilon", "50", "--delta", "1e-5", "--port", str(free_port()), *extra,
         ]
@@ -249,16 +264,52 @@ def check_report(out: Path, root: Path) -> dict:
 def federation(root: Path) -> Iterator[dict]:
     """One server and three sites (site-a, site-b, site-c), each with its own clinic CSV."""
     server = start_server(root, root / "server", free_port(), free_port())
+    states = {name: root / "sites" / name for name in ("site-a", "site-b", "site-c")}
+    roster = enrol(root, server, states)
     sites: dict[str, Process] = {}
     try:
-        for name in ("site-a", "site-b", "site-c"):
-            sites[name] = start_site(root, server, name, root / "sites" / name, register=True)
+        for name, state in states.items():
+            sites[name] = start_site(root, server, name, state, roster)
         yield {"server": server, "sites": sites}
     finally:
         for site in sites.values():
             if site.proc.poll() is None:
                 assert site.stop() == 0
         assert server.process.stop() == 0
+
+
+def modified_build(tmp_path: Path, marker: Path) -> Path:
+    """The FedVault app with one line added to its ClientApp: it would write `marker`."""
+    import subprocess
+
+    app = tmp_path / "fedvault"
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in files:
+        target = app / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((REPO / name).read_bytes())
+    client = app / "client" / "app.py"
+    client.write_text(client.read_text() + f"\nopen({str(marker)!r}, 'w').write('ran')\n")
+    return app
+
+
+@pytest.mark.timeout(300)
+def test_a_modified_build_is_refused_at_every_site_and_never_runs(federation, root, tmp_path):
+    server = federation["server"]
+    marker = tmp_path / "the-modified-client-ran"
+    app = modified_build(tmp_path, marker)
+    scenario = write_scenario(
+        tmp_path / "scenario.toml", tmp_path / "run", root,
+        **{"num-rounds": 1, "min-sites": 3, "secagg-timeout": 30.0, "round-timeout": 30.0},
+    )  # fmt: skip
+    run = submit(scenario, server, "--app", str(app))
+    assert finish(run) != 0
+    assert not marker.exists()
+    refused = [site for site in federation["sites"].values() if "refuses app build" in site.output]
+    assert len(refused) == 3, [s.output[-2000:] for s in federation["sites"].values()]
+    assert "refuses app build sha256:" in run.output or "failed" in run.output
 
 
 @pytest.mark.timeout(720)
@@ -316,9 +367,10 @@ def test_server_killed_and_restarted_resumes_the_run(root, tmp_path):
     state, port, control = tmp_path / "server", free_port(), free_port()
     server = start_server(root, state, port, control)
     names = ("site-d", "site-e")
+    roster = enrol(root, server, {n: tmp_path / n for n in names})
     # These sites allow plain training rounds (the run has no secure aggregation).
     sites = {
-        n: start_site(root, server, n, tmp_path / n, True, "--no-require-secagg") for n in names
+        n: start_site(root, server, n, tmp_path / n, roster, "--no-require-secagg") for n in names
     }
     out = tmp_path / "run"
     scenario = write_scenario(

@@ -10,11 +10,16 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from report_run import make_run
 
 from cli.main import main
+from privacy.certs import CURVE
 from privacy.errors import FedVaultError
+from privacy.identity import Roster, write_roster
+from privacy.ledger import Ledger, row_hash
 from privacy.report import load_or_create_signing_key, verify_run, write_report
+from privacy.report.model import build_report
 from privacy.report.signing import public_key_path, sign, signer_record
 
 
@@ -189,3 +194,68 @@ def test_cli_writes_all_formats_and_keeps_a_verified_audit(tmp_path, capsys):
         assert (run / name).is_file(), name
     assert json.loads((run / "report.json").read_text())["audit"] == audit
     assert verify_run(run, public_key_path(key)) == []
+
+
+def _rechain(path: Path, drop_kind: str) -> None:
+    """Rewrite a ledger as its owner's adversary would: drop rows, recompute every hash."""
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT seq, time, kind, payload FROM rows ORDER BY seq").fetchall()
+    kept = [r for r in rows if r[2] != drop_kind or r[0] == rows[-1][0]]
+    statements, prev = ["DELETE FROM rows"], "0" * 64
+    for seq, (_, time, kind, payload) in enumerate(kept, start=1):
+        digest = row_hash(prev, seq, time, kind, payload)
+        statements.append(
+            f"INSERT INTO rows VALUES ({seq}, '{time}', '{kind}', '{payload}', '{prev}', "
+            f"'{digest}')"
+        )
+        prev = digest
+    _sql(path, *statements)
+
+
+def test_a_rechained_site_ledger_is_named_even_if_the_report_is_re_signed(signed):
+    """The coordinator rewrites a site ledger so its chain holds, and writes and signs a new
+    report over it with its own key: the heads the site signed are gone, and verify says so."""
+    run, pub = signed
+    (ledger,) = (run / "sites" / "site-0").glob("ledger-*.sqlite")
+    _rechain(ledger, "dp_commit")
+    with Ledger.open(ledger, "site") as reopened:
+        assert reopened.verify() is None  # the rewritten chain itself holds
+    write_report(run, signing_key_path=pub.with_suffix(""), formats=())
+    problems = verify_run(run, pub)
+    assert problems and problems[0].startswith(f"sites/site-0/{ledger.name}: does not hold")
+    assert "site-0 signed after round 1" in problems[0]
+
+
+def test_a_head_signed_by_anyone_but_the_site_is_an_error(signed, tmp_path):
+    run, pub = signed
+    impostor = ec.generate_private_key(CURVE())
+    keys = Roster.load(run / "roster.toml").sites
+    write_roster(tmp_path / "roster.toml", {**keys, "site-0": impostor.public_key()})
+    report = build_report(run, roster=tmp_path / "roster.toml")
+    assert any(
+        f["severity"] == "error" and "no valid signature of site-0" in f["message"]
+        for f in report["findings"]
+    )
+    assert verify_run(run, pub, tmp_path / "roster.toml")  # the reviewer's roster disagrees
+
+
+def test_edited_html_swapped_plot_and_extra_plot_are_named(tmp_path):
+    run = make_run(tmp_path / "run", sites=2, rounds=2)
+    key = tmp_path / "server" / "signing.key"
+    write_report(run, signing_key_path=key, formats=("html", "md"))
+    pub = public_key_path(key)
+    assert verify_run(run, pub) == []
+    html = (run / "report.html").read_text()
+    (run / "report.html").write_text(html.replace("site-0", "site-9", 1))
+    assert verify_run(run, pub) == ["report.html: changed after the report was signed"]
+    (run / "report.html").write_text(html)
+    plots = sorted((run / "plots").glob("*.png"))
+    first, second = plots[0].read_bytes(), plots[1].read_bytes()
+    plots[0].write_bytes(second)
+    assert verify_run(run, pub) == [f"plots/{plots[0].name}: changed after the report was signed"]
+    plots[0].write_bytes(first)
+    (run / "plots" / "extra.png").write_bytes(first)
+    assert verify_run(run, pub) == ["plots/extra.png: not covered by the signed report"]
+    (run / "plots" / "extra.png").unlink()
+    (run / "report.md").unlink()
+    assert verify_run(run, pub) == ["report.md: missing (report.json records its hash)"]

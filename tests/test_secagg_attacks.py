@@ -16,20 +16,34 @@ from privacy.secagg import (
     crypto,
 )
 from privacy.secagg import messages as m
+from privacy.secagg.local import local_identities
 
 D = 64
 
 
 class Round:
-    """A round driven by hand, so tests can stop at any stage and interfere."""
+    """A round driven by hand, so tests can stop at any stage and interfere.
 
-    def __init__(self, n: int = 5, k: int | None = None, session: str = "r1", seed: int = 0):
+    Semi-honest unless `authenticated`: these tests attack the checks every client makes
+    whatever the mode; the authenticated protocol's own defences are attacked below.
+    """
+
+    def __init__(
+        self,
+        n: int = 5,
+        k: int | None = None,
+        session: str = "r1",
+        seed: int = 0,
+        authenticated: bool = False,
+    ):
         rng = np.random.default_rng(seed)
         self.ids = list(range(101, 101 + n))
         self.updates = {c: rng.uniform(-1, 1, D) for c in self.ids}
         self.weights = {c: int(rng.integers(1, 50)) for c in self.ids}
-        self.server = SecAggServer(SecAggConfig(num_neighbours=k), session, self.ids, D, seed=seed)
-        self.clients = {c: SecAggClient(c) for c in self.ids}
+        config = SecAggConfig(num_neighbours=k, authenticated=authenticated)
+        self.server = SecAggServer(config, session, self.ids, D, seed=seed)
+        self.identities = local_identities(self.ids) if authenticated else {}
+        self.clients = {c: SecAggClient(c, self.identities.get(c)) for c in self.ids}
 
     def answer(self, cid: int, request: dict) -> dict:
         return self.clients[cid].handle(request, self.updates[cid], self.weights[cid])
@@ -197,7 +211,7 @@ def test_requests_of_a_finished_session_are_stale():
     old_unmask = rnd.server.requests()
     old_setup_cid = rnd.ids[0]
     rnd.finish()
-    fresh = SecAggServer(SecAggConfig(), "r2", rnd.ids, D)
+    fresh = SecAggServer(SecAggConfig(authenticated=False), "r2", rnd.ids, D)
     client = rnd.clients[old_setup_cid]
     client.handle(fresh.requests()[old_setup_cid])
     replay = {**old_unmask[old_setup_cid], m.NONCE: os.urandom(16)}

@@ -24,7 +24,7 @@ def masked_view(update: np.ndarray, weight: int, session: str, n: int = 4) -> np
     ids = list(range(1, n + 1))
     updates = {c: rng.uniform(-1, 1, D) for c in ids}
     updates[1] = update
-    server = SecAggServer(SecAggConfig(), session, ids, D, seed=1)
+    server = SecAggServer(SecAggConfig(authenticated=False), session, ids, D, seed=1)
     clients = {c: SecAggClient(c) for c in ids}
     while server.stage != m.MASKED_INPUT:
         server.receive([clients[c].handle(r) for c, r in server.requests().items()])

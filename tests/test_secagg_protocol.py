@@ -19,7 +19,7 @@ from privacy.secagg import (
 )
 from privacy.secagg import messages as m
 from privacy.secagg.graph import neighbour_graph
-from privacy.secagg.local import run_round
+from privacy.secagg.local import local_identities, run_round
 
 D = 300
 
@@ -135,7 +135,7 @@ def test_out_of_range_values_are_counted_and_warned(caplog):
 def test_client_reports_its_own_out_of_range_count():
     ids, updates, weights = make_inputs(3, seed=4)
     updates[ids[2]][5] = 100.0
-    server = SecAggServer(SecAggConfig(), "s", ids, D)
+    server = SecAggServer(SecAggConfig(authenticated=False), "s", ids, D)
     clients = {c: SecAggClient(c) for c in ids}
     while server.stage != m.UNMASK:
         server.receive(
@@ -163,11 +163,14 @@ def test_round_through_flower_records_with_client_state_persisted():
     updates[ids[0]] = updates.pop(next(c for c in updates if c not in ids))
     weights[ids[0]] = 7
     server = SecAggServer(SecAggConfig(num_neighbours=2), "run-1/round-3", ids, D, seed=2)
-    states = {c: ConfigRecord(SecAggClient(c).to_state()) for c in ids}
+    assert server.stages == m.STAGES  # authenticated: with the consistency stage
+    identities = local_identities(ids)
+    states = {c: ConfigRecord(SecAggClient(c, identities[c]).to_state()) for c in ids}
     while not server.done:
         replies = []
         for cid, request in server.requests().items():
-            client = SecAggClient.from_state(_through_flower_records(dict(states[cid])))
+            state = _through_flower_records(dict(states[cid]))
+            client = SecAggClient.from_state(state, identities[cid])
             reply = client.handle(_through_flower_records(request), updates[cid], weights[cid])
             states[cid] = ConfigRecord(client.to_state())
             replies.append(_through_flower_records(reply))
@@ -184,7 +187,7 @@ def test_corrupt_client_state_is_a_one_line_error():
 
 # -- dropouts ------------------------------------------------------------------------------
 
-STAGES_SILENT = [m.SETUP, m.SHARE_KEYS, m.MASKED_INPUT, m.UNMASK]
+STAGES_SILENT = [m.SETUP, m.SHARE_KEYS, m.MASKED_INPUT, m.CONSISTENCY, m.UNMASK]
 
 
 @pytest.mark.parametrize("stage", STAGES_SILENT)
@@ -194,8 +197,8 @@ def test_classic_dropouts_up_to_threshold_give_exact_sum(stage):
     gone = set(ids[:2])
     result = run_round(config, updates, weights, silent={stage: gone}, seed=3)
     # Clients silent before their masked input was sent are out of the sum; a client that
-    # vanishes during unmask already contributed its input.
-    contributors = ids if stage == m.UNMASK else ids[2:]
+    # vanishes later (consistency, unmask) already contributed its input.
+    contributors = ids if stage in (m.CONSISTENCY, m.UNMASK) else ids[2:]
     assert_exact(result, updates, weights, contributors)
     assert set(result.dropped) == gone
     assert all(reason.startswith(f"{stage}: no reply") for reason in result.dropped.values())

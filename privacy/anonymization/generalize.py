@@ -22,6 +22,7 @@ import pandas as pd
 from privacy.anonymization.detect import is_zip_header
 from privacy.anonymization.policy import ColumnRule
 from privacy.anonymization.values import (
+    data_row,
     looks_like_dates,
     numeric_share,
     parse_dates,
@@ -265,8 +266,9 @@ def _numeric_dimension(rule: ColumnRule, series: pd.Series) -> NumericDimension:
         if outside.any():
             row = int(np.flatnonzero(outside)[0])
             raise FedVaultError(
-                f"column {rule.name!r}: value {_num(values[row])} at row {row + 1} is outside "
-                f"the bins [{_num(edges[0])}, {_num(edges[-1])}) (add top or bottom coding)"
+                f"column {rule.name!r}: value {_num(values[row])} at row {data_row(series, row)} "
+                f"is outside the bins [{_num(edges[0])}, {_num(edges[-1])}) "
+                "(add top or bottom coding)"
             )
         index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
         lower, upper = edges[index], edges[index + 1]
@@ -333,8 +335,8 @@ def _zip_dimension(rule: ColumnRule, series: pd.Series) -> ZipDimension:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise FedVaultError(
-            f"column {rule.name!r} holds zip codes but row {row + 1} has {text.iloc[row]!r} "
-            "(expected digits only)"
+            f"column {rule.name!r} holds zip codes but row {data_row(series, row)} has "
+            f"{text.iloc[row]!r} (expected digits only)"
         )
     keep = rule.prefix
     masked = text if keep is None else text.map(lambda z: z[:keep] + "*" * max(len(z) - keep, 0))
@@ -362,8 +364,8 @@ def _category_dimension(rule: ColumnRule, series: pd.Series) -> CategoryDimensio
         if unknown.any():
             row = int(np.flatnonzero(unknown.to_numpy())[0])
             raise FedVaultError(
-                f"column {rule.name!r}: value {text.iloc[row]!r} at row {row + 1} is not in its "
-                "hierarchy"
+                f"column {rule.name!r}: value {text.iloc[row]!r} at row {data_row(series, row)} "
+                "is not in its hierarchy"
             )
         seen = set(text.unique())
         present = [value for value in order if value in seen]

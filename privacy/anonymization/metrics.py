@@ -1,7 +1,9 @@
 """What an anonymized table achieves, measured on the released table itself.
 
 Privacy: k (smallest equivalence class), l (distinct and entropy) and t (earth mover's
-distance, Li et al. 2007) per sensitive column, and the prosecutor re-identification risk
+distance, Li et al. 2007, from each class to the whole cleaned table before suppression: the
+distribution an attacker learns from the release, measured against the released rows alone,
+would hide what suppression removed) per sensitive column, and the prosecutor re-identification risk
 (an attacker who knows a person is in the table re-identifies them with probability
 1/|class|). Utility: discernibility (each record costs the size of its class; a suppressed
 record costs the whole table), the normalized average class size C_avg = (n / classes) / k,
@@ -19,12 +21,23 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class SensitiveColumn:
-    """A sensitive attribute as value codes, in the column's order for ordered distance."""
+    """A sensitive attribute as value codes, in the column's order for ordered distance.
+
+    `reference` is the distribution of the whole table (the t-closeness reference); it stays
+    that of the whole table when `codes` is narrowed to released records.
+    """
 
     name: str
     codes: np.ndarray
     size: int
     ordered: bool
+    reference: np.ndarray
+
+    @classmethod
+    def of(cls, name: str, codes: np.ndarray, size: int, ordered: bool) -> SensitiveColumn:
+        """The column of the whole table, its reference measured from `codes`."""
+        reference = np.bincount(codes, minlength=size) / max(len(codes), 1)
+        return cls(name, codes, size, ordered, reference)
 
 
 def entropy(p: np.ndarray) -> np.ndarray:
@@ -92,8 +105,7 @@ def privacy_metrics(
             compact * column.size + column.codes, minlength=classes * column.size
         ).reshape(classes, column.size)
         shares = counts / sizes[:, None]
-        reference = counts.sum(axis=0) / released
         metrics["l_distinct"][column.name] = int(np.count_nonzero(counts, axis=1).min())
         metrics["l_entropy"][column.name] = float(np.exp(entropy(shares)).min())
-        metrics["t"][column.name] = float(emd(shares, reference, column.ordered).max())
+        metrics["t"][column.name] = float(emd(shares, column.reference, column.ordered).max())
     return metrics

@@ -3,14 +3,16 @@
 Records are split recursively: pick the quasi-identifier whose range is widest (normalized),
 cut it at the median, and keep the cut only if both halves still meet every target (at least k
 records; l distinct values or entropy >= log l of each sensitive column; earth mover's distance
-to the table's distribution <= t). A partition no dimension can cut is released with every
+to the whole table's distribution <= t). A partition no dimension can cut is released with every
 quasi-identifier generalized to its range. Because each half must meet the targets, every
 released group meets them by construction; the pipeline checks the output again anyway.
 
 Quasi-identifiers marked `fixed` are never generalized: records are first grouped by their
 fixed values (strata) and Mondrian runs inside each stratum. A stratum that cannot meet the
 targets is suppressed as a whole, up to the policy's `max_suppression`; beyond that the run
-fails instead of weakening a target.
+fails instead of weakening a target. The t-closeness reference stays the whole table's
+distribution, suppressed strata included, so whether a stratum passes never depends on which
+others were suppressed.
 """
 
 from __future__ import annotations
@@ -39,13 +41,9 @@ class Partitioning:
 class _Constraints:
     """Decides whether a group with given sensitive-value counts meets the targets."""
 
-    def __init__(self, targets: Targets, sensitive: list[SensitiveColumn], active: np.ndarray):
+    def __init__(self, targets: Targets, sensitive: list[SensitiveColumn]):
         self.targets = targets
         self.sensitive = sensitive
-        self.reference = [
-            np.bincount(column.codes[active], minlength=column.size) / len(active)
-            for column in sensitive
-        ]
 
     def counts(self, rows: np.ndarray) -> list[np.ndarray]:
         return [np.bincount(column.codes[rows], minlength=column.size) for column in self.sensitive]
@@ -55,9 +53,7 @@ class _Constraints:
         targets = self.targets
         if size < targets.k:
             return f"{size} records, fewer than k={targets.k}"
-        for column, column_counts, reference in zip(
-            self.sensitive, counts, self.reference, strict=True
-        ):
+        for column, column_counts in zip(self.sensitive, counts, strict=True):
             if targets.l is not None:
                 if targets.l_kind == "distinct":
                     distinct = int(np.count_nonzero(column_counts))
@@ -71,7 +67,7 @@ class _Constraints:
                             f"l={targets.l} (entropy)"
                         )
             if targets.t is not None:
-                distance = float(emd(column_counts / size, reference, column.ordered))
+                distance = float(emd(column_counts / size, column.reference, column.ordered))
                 if distance > targets.t + TOLERANCE:
                     return f"distance {distance:.3f} of {column.name!r} above t={targets.t:g}"
         return None
@@ -83,28 +79,21 @@ def partition(
     """Partition `rows` records so that every group meets `targets`, suppressing if allowed."""
     fixed = [dim for dim in dimensions if dim.fixed]
     free = [dim for dim in dimensions if not dim.fixed]
-    strata = _strata(fixed, rows)
-    suppressed: list[np.ndarray] = []
-    while True:
-        active = np.sort(np.concatenate(strata))
-        constraints = _Constraints(targets, sensitive, active)
-        groups: list[np.ndarray] = []
-        failed: list[tuple[np.ndarray, str]] = []
-        for stratum in strata:
-            counts = constraints.counts(stratum)
-            reason = constraints.violation(len(stratum), counts)
-            if reason is not None:
-                failed.append((stratum, reason))
-                continue
+    constraints = _Constraints(targets, sensitive)
+    groups: list[np.ndarray] = []
+    failed: list[tuple[np.ndarray, str]] = []
+    for stratum in _strata(fixed, rows):
+        counts = constraints.counts(stratum)
+        reason = constraints.violation(len(stratum), counts)
+        if reason is None:
             groups.extend(_mondrian(stratum, counts, free, constraints))
-        if not failed:
-            removed = np.sort(np.concatenate(suppressed)) if suppressed else np.array([], int)
-            return Partitioning(groups=groups, suppressed=removed)
-        suppressed.extend(stratum for stratum, _ in failed)
-        strata = [stratum for stratum in strata if not any(stratum is f for f, _ in failed)]
-        removed_count = sum(len(part) for part in suppressed)
-        if not strata or removed_count > targets.max_suppression * rows:
-            raise FedVaultError(_unmet_message(targets, fixed, failed, removed_count, rows))
+        else:
+            failed.append((stratum, reason))
+    removed = sum(len(stratum) for stratum, _ in failed)
+    if failed and (not groups or removed > targets.max_suppression * rows):
+        raise FedVaultError(_unmet_message(targets, fixed, failed, removed, rows))
+    suppressed = np.sort(np.concatenate([s for s, _ in failed])) if failed else np.array([], int)
+    return Partitioning(groups=groups, suppressed=suppressed)
 
 
 def _strata(fixed: list[Dimension], rows: int) -> list[np.ndarray]:

@@ -1,20 +1,26 @@
-"""Apply a policy to a table: drop or pseudonymize identifiers, generalize quasi-identifiers.
+"""Apply a policy to a table: cleanse it, then drop or pseudonymize identifiers, generalize.
 
 This is the one entry point the client and the CLI call. It checks the table against the
-policy before touching anything (unknown columns, unmentioned identifiers, wrong value types,
-k larger than the table), runs Mondrian, then measures the released table and refuses to
-return it unless it meets every target: a target is never weakened to make a table pass.
+policy before touching anything (every column has a role, the policy's columns exist), cleanses
+it as the policy declares (`cleaning.clean_table`), checks what anonymization needs (value
+types, k not larger than the table, a key when pseudonymizing), runs Mondrian, then measures
+the released table and refuses to return it unless it meets every target: a target is never
+weakened to make a table pass.
+
+The released rows are in a random order drawn from the OS CSPRNG: in source order, row i of
+the release lines up with row i of a file sorted by admission time or record number, and
+anyone who knows that order re-identifies by position.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from privacy.anonymization.detect import detect_column
+from privacy.anonymization.cleaning import clean_table
 from privacy.anonymization.generalize import Dimension, build_dimension
 from privacy.anonymization.metrics import SensitiveColumn, class_ids, privacy_metrics
 from privacy.anonymization.mondrian import TOLERANCE, Partitioning, partition
@@ -22,13 +28,16 @@ from privacy.anonymization.policy import ColumnRule, Policy, Targets
 from privacy.anonymization.pseudonymize import PSEUDONYM_HEX, pseudonymize_series
 from privacy.anonymization.values import (
     check_value_type,
+    data_row,
     parse_numbers,
     require_filled,
     text_values,
 )
 from privacy.errors import FedVaultError
+from privacy.randomness import SecureRandom
 
 METHOD = "Mondrian multidimensional partitioning (LeFevre et al. 2006), median cuts"
+ROW_ORDER = "shuffled: a uniformly random order from the OS CSPRNG, not the source order"
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,13 @@ class AnonymizationResult:
 def anonymize_table(
     table: pd.DataFrame, policy: Policy, key: bytes | None = None
 ) -> AnonymizationResult:
-    """Anonymize `table` under `policy`; `key` is needed when the policy pseudonymizes."""
-    _check_table(table, policy, key)
+    """Cleanse and anonymize `table` under `policy`; `key` is needed when it pseudonymizes.
+
+    Rows in error messages are the rows of `table` (1-based, header excluded).
+    """
+    cleaned = clean_table(table, policy)
+    table = cleaned.table
+    _check_table(table, policy, key, cleaned.report)
     rows = len(table)
     rules = policy.columns
     dimensions = [build_dimension(rules[name], table[name]) for name in policy.names("quasi")]
@@ -51,9 +65,12 @@ def anonymize_table(
     columns = _check_other_columns(table, policy)
     partitioning = partition(dimensions, sensitive, policy.targets, rows)
 
-    released = np.sort(np.concatenate(partitioning.groups))
+    released = np.concatenate(partitioning.groups)
+    group_of = np.repeat(np.arange(len(partitioning.groups)), [len(g) for g in partitioning.groups])
+    order = _secure_permutation(len(released))
+    released, group_of = released[order], group_of[order]
     output = table.iloc[released].reset_index(drop=True)
-    ncp_by_column = _generalize_quasi(output, table, dimensions, partitioning, columns)
+    ncp_by_column = _generalize_quasi(output, table, dimensions, partitioning, group_of, columns)
     output = _release_identifiers(output, policy, key, columns)
     for column in sensitive:
         columns[column.name] = {
@@ -62,9 +79,7 @@ def anonymize_table(
             "distance": "ordered" if column.ordered else "equal",
         }
 
-    released_sensitive = [
-        SensitiveColumn(c.name, c.codes[released], c.size, c.ordered) for c in sensitive
-    ]
+    released_sensitive = [replace(c, codes=c.codes[released]) for c in sensitive]
     ids = class_ids(output, [dim.name for dim in dimensions])
     suppressed = len(partitioning.suppressed)
     metrics = privacy_metrics(ids, released_sensitive, suppressed, rows, policy.targets.k)
@@ -76,11 +91,17 @@ def anonymize_table(
         else 0.0,
         "ncp_by_column": ncp_by_column,
     }
+    linkable = [name for name, column in columns.items() if column.get("linkable")]
     report = {
         "policy": policy.source,
         "method": METHOD,
+        "release": "pseudonymized" if linkable else "anonymized",
+        "release_note": _release_note(linkable),
+        "row_order": ROW_ORDER,
         "targets": _targets_report(policy.targets),
-        "rows_in": rows,
+        "cleaning": cleaned.report,
+        "rows_in": cleaned.report["rows_in"],
+        "rows_after_cleaning": rows,
         "rows_out": len(output),
         "suppressed_records": suppressed,
         "suppressed_share": suppressed / rows,
@@ -93,19 +114,38 @@ def anonymize_table(
     return AnonymizationResult(table=output, report=report)
 
 
+def _secure_permutation(size: int) -> np.ndarray:
+    """A uniformly random permutation: positions sorted by 53-bit uniforms from os.urandom.
+
+    Two equal uniforms (probability below size**2 / 2**54, about 1e-7 for 100,000 rows) keep
+    their source order; nothing else of the source order survives.
+    """
+    return np.argsort(SecureRandom().uniform(size), kind="stable")
+
+
+def _release_note(linkable: list[str]) -> str:
+    if linkable:
+        return (
+            f"pseudonymized, not anonymized: {', '.join(linkable)} "
+            f"{'keeps' if len(linkable) == 1 else 'keep'} one keyed pseudonym per person, which "
+            "links that person's records across every export of this site"
+        )
+    return "anonymized: no column keeps a per-person key"
+
+
 def _generalize_quasi(
     output: pd.DataFrame,
     table: pd.DataFrame,
     dimensions: list[Dimension],
     partitioning: Partitioning,
+    group_of: np.ndarray,
     columns: dict[str, dict[str, Any]],
 ) -> dict[str, float]:
-    """Write each released record's generalized cells; return the NCP of each column."""
+    """Write each released record's generalized cells; return the NCP of each column.
+
+    `group_of` is the partition group of each released row, in release order.
+    """
     rows = len(table)
-    group_of = np.empty(rows, dtype=np.int64)
-    for index, group in enumerate(partitioning.groups):
-        group_of[group] = index
-    group_of = group_of[np.sort(np.concatenate(partitioning.groups))]
     ncp_by_column = {}
     for dim in dimensions:
         cells, penalty = _generalize(dim, partitioning)
@@ -131,43 +171,26 @@ def _release_identifiers(
     for name in policy.names("identifier"):
         if policy.columns[name].action == "drop":
             output = output.drop(columns=name)
-            columns[name] = {"role": "identifier", "transformation": "dropped"}
+            columns[name] = {"role": "identifier", "transformation": "dropped", "linkable": False}
         else:
             output[name] = pseudonymize_series(output[name], key or b"")
             columns[name] = {
                 "role": "identifier",
-                "transformation": "pseudonymized: HMAC-SHA256 under the site key, "
-                f"first {PSEUDONYM_HEX} hex digits",
+                "transformation": "pseudonymized: HMAC-SHA256 under the site key of the "
+                f"normalised value, first {PSEUDONYM_HEX} hex digits",
+                "linkable": True,
             }
     return output
 
 
-def _check_table(table: pd.DataFrame, policy: Policy, key: bytes | None) -> None:
-    if table.shape[1] == 0 or table.empty:
-        raise FedVaultError("the table is empty")
-    names = [str(name) for name in table.columns]
-    if len(set(names)) != len(names):
-        raise FedVaultError("the table has duplicate column names")
-    unknown = [name for name in policy.columns if name not in names]
-    if unknown:
-        raise FedVaultError(
-            f"{policy.source} names column(s) not in the table: {', '.join(unknown)}"
-        )
-    unlisted = []
-    for name in names:
-        if name in policy.columns:
-            continue
-        finding = detect_column(name, table[name])
-        if finding.role != "keep":
-            unlisted.append(f"{name!r} ({finding.reason})")
-    if unlisted:
-        raise FedVaultError(
-            f"column(s) {', '.join(unlisted)} look like identifiers but have no role in "
-            f'{policy.source}; give each a role (role = "keep" if it is not one)'
-        )
+def _check_table(
+    table: pd.DataFrame, policy: Policy, key: bytes | None, cleaning: dict[str, Any]
+) -> None:
+    dropped = cleaning["rows_dropped"]
     if policy.targets.k > len(table):
+        after = f", after cleaning dropped {dropped}" if dropped else ""
         raise FedVaultError(
-            f"k={policy.targets.k} is larger than the number of rows ({len(table)})"
+            f"k={policy.targets.k} is larger than the number of rows ({len(table)}{after})"
         )
     pseudonymized = [
         name for name in policy.names("identifier") if policy.columns[name].action == "pseudonymize"
@@ -182,15 +205,12 @@ def _check_table(table: pd.DataFrame, policy: Policy, key: bytes | None) -> None
 def _check_other_columns(table: pd.DataFrame, policy: Policy) -> dict[str, dict[str, Any]]:
     """Type-check kept columns (mixed numbers and text are refused); describe them."""
     report: dict[str, dict[str, Any]] = {}
-    for name in table.columns:
-        rule = policy.columns.get(name)
-        if rule is not None and rule.role != "keep":
-            continue
-        numeric = check_value_type(table[name], name, rule.type if rule else None)
+    for name in policy.names("keep"):
+        numeric = check_value_type(table[name], name, policy.columns[name].type)
         report[name] = {
             "role": "keep",
             "type": "numeric" if numeric else "category",
-            "transformation": "kept" if rule else "kept (not in the policy, not identifying)",
+            "transformation": "kept",
         }
     return report
 
@@ -202,7 +222,7 @@ def _sensitive_column(rule: ColumnRule, series: pd.Series) -> SensitiveColumn:
     if numeric:
         values = parse_numbers(series, rule.name)
         levels, codes = np.unique(values, return_inverse=True)
-        return SensitiveColumn(rule.name, codes.astype(np.int64), len(levels), ordered)
+        return SensitiveColumn.of(rule.name, codes.astype(np.int64), len(levels), ordered)
     text = text_values(series)
     if ordered and not rule.order:
         raise FedVaultError(
@@ -214,9 +234,11 @@ def _sensitive_column(rule: ColumnRule, series: pd.Series) -> SensitiveColumn:
     if unknown.any():
         row = int(np.flatnonzero(unknown.to_numpy())[0])
         raise FedVaultError(
-            f"column {rule.name!r}: value {text.iloc[row]!r} at row {row + 1} is not in its order"
+            f"column {rule.name!r}: value {text.iloc[row]!r} at row {data_row(series, row)} "
+            "is not in its order"
         )
-    return SensitiveColumn(rule.name, text.map(position).to_numpy(np.int64), len(levels), ordered)
+    codes = text.map(position).to_numpy(np.int64)
+    return SensitiveColumn.of(rule.name, codes, len(levels), ordered)
 
 
 def _generalize(dim: Dimension, partitioning: Partitioning) -> tuple[np.ndarray, np.ndarray]:

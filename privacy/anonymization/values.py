@@ -3,7 +3,9 @@
 Site tables arrive as CSV text, where a stray "n/a" in a numeric column silently turns the
 whole column into text. Every column the anonymizer reasons about is parsed here, and a value
 of the wrong kind stops the run naming the column, the row (1-based, header excluded) and the
-value.
+value. Rows are named by the table's index, which cleansing keeps at each row's position in
+the input, so a message names the row the operator sees in the file even after rows were
+dropped.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ def text_values(series: pd.Series) -> pd.Series:
     return pd.Series(stripped[codes] if len(codes) else [], index=series.index, dtype=object)
 
 
-def _numbers(text: pd.Series) -> np.ndarray:
+def data_row(series: pd.Series, position: int) -> int:
+    """The 1-based input row of the cell at `position` (see the module docstring)."""
+    return int(series.index[position]) + 1
+
+
+def numbers_or_nan(text: pd.Series) -> np.ndarray:
     """Float value of each text cell; NaN where it is empty or not a finite number."""
     codes, uniques = pd.factorize(text)
     parsed = pd.to_numeric(pd.Series(uniques, dtype=object), errors="coerce").to_numpy(float)
@@ -39,7 +46,7 @@ def require_filled(series: pd.Series, name: str) -> None:
     """Refuse empty cells (quasi-identifiers must have a value to be generalized)."""
     empty = (text_values(series) == "").to_numpy()
     if empty.any():
-        row = int(np.flatnonzero(empty)[0]) + 1
+        row = data_row(series, int(np.flatnonzero(empty)[0]))
         raise FedVaultError(f"column {name!r} has an empty cell at row {row}; fill or remove it")
 
 
@@ -52,13 +59,14 @@ def parse_numbers(series: pd.Series, name: str) -> np.ndarray:
         filled = ~np.isnan(numbers)
     else:
         text = text_values(series)
-        numbers = _numbers(text)
+        numbers = numbers_or_nan(text)
         filled = (text != "").to_numpy()
     bad = filled & ~np.isfinite(numbers)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise FedVaultError(
-            f"column {name!r} mixes numbers and text: row {row + 1} has {series.iloc[row]!r}"
+            f"column {name!r} mixes numbers and text: row {data_row(series, row)} has "
+            f"{series.iloc[row]!r}"
         )
     return numbers
 
@@ -73,8 +81,8 @@ def parse_dates(series: pd.Series, name: str) -> pd.DatetimeIndex:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise FedVaultError(
-            f"column {name!r} holds dates but row {row + 1} has {text.iloc[row]!r} "
-            "(expected YYYY-MM-DD)"
+            f"column {name!r} holds dates but row {data_row(series, row)} has "
+            f"{text.iloc[row]!r} (expected YYYY-MM-DD)"
         )
     return pd.DatetimeIndex(dates)
 
@@ -87,7 +95,7 @@ def numeric_share(series: pd.Series) -> float:
     filled = text[text != ""]
     if filled.empty:
         return 0.0
-    return float(np.isfinite(_numbers(filled)).mean())
+    return float(np.isfinite(numbers_or_nan(filled)).mean())
 
 
 def looks_like_dates(series: pd.Series) -> bool:

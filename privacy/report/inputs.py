@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from privacy.errors import FedVaultError
+from privacy.identity import ROSTER_FILE, Roster
 from privacy.ledger import GENESIS_HASH, Ledger, Row
 
 RUN_LEDGER = "run-ledger.sqlite"
@@ -63,6 +64,9 @@ class RunInputs:
     metrics: list[dict[str, Any]]
     run_ledger: LedgerFile
     site_ledgers: dict[str, list[LedgerFile]] = field(default_factory=dict)
+    roster: Roster | None = None
+    roster_file: str | None = None
+    roster_sha256: str | None = None
 
     def rows(self, kind: str) -> list[Row]:
         return [row for row in self.run_ledger.rows if row.kind == kind]
@@ -128,11 +132,16 @@ def sites_root(run_dir: Path, config: dict[str, Any]) -> Path | None:
     return None
 
 
-def read_run(run_dir: str | Path, site_limits: dict[str, int] | None = None) -> RunInputs:
+def read_run(
+    run_dir: str | Path,
+    site_limits: dict[str, int] | None = None,
+    roster: str | Path | None = None,
+) -> RunInputs:
     """Parse the run directory. `site_limits` maps a site ledger file to the rows to read.
 
     A site ledger keeps growing after the run (later runs on the same data); a report
-    regenerated for verification reads only the rows the original report saw.
+    regenerated for verification reads only the rows the original report saw. The sites'
+    signed ledger heads are checked against `roster` (default: the run's roster.toml).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -160,7 +169,12 @@ def read_run(run_dir: str | Path, site_limits: dict[str, int] | None = None) -> 
                     continue
                 files.append(read_ledger(path, run_dir, "site", limits.get(name)))
             site_ledgers[site_dir.name] = files
+    roster_path = Path(roster) if roster is not None else run_dir / ROSTER_FILE
+    loaded = Roster.load(roster_path) if roster is not None or roster_path.exists() else None
     return RunInputs(
+        roster=loaded,
+        roster_file=display_path(roster_path, run_dir) if loaded else None,
+        roster_sha256=hashlib.sha256(roster_path.read_bytes()).hexdigest() if loaded else None,
         run_dir=run_dir,
         config=config,
         config_sha256=hashlib.sha256(config_path.read_bytes()).hexdigest(),

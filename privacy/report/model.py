@@ -26,13 +26,17 @@ def build_report(
     software: dict[str, str] | None = None,
     signer: dict[str, str] | None = None,
     site_limits: dict[str, int] | None = None,
+    roster: str | Path | None = None,
+    files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The report of the run in `run_dir`; FedVaultError if it lacks a ledger or one is broken.
 
     `software` defaults to this machine's versions; `site_limits` (site ledger file -> rows)
-    restricts site ledgers to the rows an earlier report saw (see `inputs.read_run`).
+    restricts site ledgers to the rows an earlier report saw (see `inputs.read_run`);
+    `roster` checks the sites' signed heads against another copy than the run's; `files`
+    are the hashes of the rendered report files the signature covers.
     """
-    inputs = read_run(run_dir, site_limits)
+    inputs = read_run(run_dir, site_limits, roster)
     findings: list[dict[str, str]] = []
     sample = sample_level(inputs, findings, EpsilonCache())
     client = sections.client_level(inputs, findings)
@@ -55,7 +59,7 @@ def build_report(
         "utility": utility,
         "audit": audit,
         "provenance": sections.provenance(inputs, software, run_ids),
-        "integrity": _integrity(inputs, signer),
+        "integrity": _integrity(inputs, signer, files),
         "findings": findings,
     }
     report["summary"] = _summary(report, inputs)
@@ -76,8 +80,14 @@ def _run(inputs: RunInputs) -> dict[str, Any]:
     }
 
 
-def _integrity(inputs: RunInputs, signer: dict[str, str] | None) -> dict[str, Any]:
+def _integrity(
+    inputs: RunInputs, signer: dict[str, str] | None, files: dict[str, str] | None
+) -> dict[str, Any]:
     return {
+        "roster": {"file": inputs.roster_file, "sha256": inputs.roster_sha256}
+        if inputs.roster
+        else None,
+        "files_sha256": files or {},
         "hash_chain": "sha256 over (previous hash, seq, time, kind, canonical JSON payload)",
         "run_ledger": inputs.run_ledger.summary(),
         "site_ledgers": [

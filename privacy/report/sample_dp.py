@@ -17,6 +17,7 @@ from typing import Any
 from privacy.accounting import PrivacyEvent, accountant_info, compute_epsilon
 from privacy.dp_ledger import Spending
 from privacy.errors import FedVaultError
+from privacy.identity import Roster, decode_signature, ledger_head_bytes, verify
 from privacy.ledger import Row
 from privacy.report.inputs import LedgerFile, RunInputs
 
@@ -81,12 +82,38 @@ def _ledger_prefix(files: list[LedgerFile], head: str) -> tuple[LedgerFile, Row]
     return None
 
 
+def _head_signature(
+    site: str, p: dict, roster: Roster | None, where: str, findings: list[dict[str, str]]
+) -> str:
+    """`valid`, `invalid`, `unsigned` or `unchecked` (no roster) for one signed ledger head."""
+    signature = p.get("head-signature")
+    if not isinstance(signature, str):
+        findings.append(_finding("warning", f"{where}: the site did not sign its ledger head"))
+        return "unsigned"
+    if roster is None:
+        return "unchecked"
+    key = roster.key_of(site)
+    if key is None:
+        findings.append(_finding("error", f"{where}: {site} is not on the roster"))
+        return "invalid"
+    statement = ledger_head_bytes(
+        site, str(p.get("dataset-sha256")), str(p.get("ledger-head")), int(p.get("ledger-rows", -1))
+    )
+    if not verify(key, statement, decode_signature(signature)):
+        findings.append(
+            _finding("error", f"{where}: the ledger head carries no valid signature of {site}")
+        )
+        return "invalid"
+    return "valid"
+
+
 def _site_round(
     site: str,
     row: Row,
     ledgers: list[LedgerFile],
     epsilon: EpsilonCache,
     findings: list[dict[str, str]],
+    roster: Roster | None,
 ) -> tuple[dict[str, Any], list[PrivacyEvent]]:
     """One round of one site: its mechanism, recomputed epsilons, and the checks made."""
     p = row.payload
@@ -130,6 +157,7 @@ def _site_round(
         )
     if not events or events[-1] != event:
         findings.append(_finding("error", f"{where}: the round's event is not the last recorded"))
+    head_signature = _head_signature(site, p, roster, where, findings)
     cumulative = epsilon(events, delta, accountant)
     cumulative_rdp = epsilon(events, delta, "rdp")
     claim_matches = True
@@ -165,6 +193,8 @@ def _site_round(
         "events_source": source,
         "site_ledger": site_ledger,
         "site_ledger_head": p.get("ledger-head"),
+        "site_ledger_rows": p.get("ledger-rows"),
+        "head_signature": head_signature,
         "run_id": run_id,
         "noise_source": p.get("noise-source"),
         "secure_rng": p.get("secure-rng"),
@@ -248,7 +278,7 @@ def sample_level(
         first_events: list[PrivacyEvent] | None = None
         for row in rows:
             record, events = _site_round(
-                site, row, inputs.site_ledgers.get(site, []), epsilon, findings
+                site, row, inputs.site_ledgers.get(site, []), epsilon, findings, inputs.roster
             )
             records.append(record)
             if first_events is None:

@@ -1,15 +1,20 @@
 """`verify_run`: does a run directory's signed report still match its ledgers?
 
-Four checks, each naming what failed: every ledger's hash chain (the first bad row), the
+The checks, each naming what failed: every ledger's hash chain (the first bad row); the
 ledger heads and row counts recorded in report.json (rows removed from the end keep a valid
-chain, so only the recorded head reveals them), the Ed25519 signature over report.json's
-exact bytes, and a fresh rebuild of the report from the ledgers compared field by field (an
-edited report re-signed with another key). Pin the signer with `public_key`; without it the
-signature is checked against the key report.json names, which proves integrity, not origin.
+chain, so only the recorded head reveals them); the Ed25519 signature over report.json's
+exact bytes; the SHA-256 report.json records for report.html, report.md and every plot;
+the ledger heads each site signed with its roster key, against the site ledgers in the run
+directory (the coordinator can re-chain a ledger and re-sign the report, but cannot sign
+as a site); and a fresh rebuild of the report from the ledgers compared field by field.
+Pin the signer with `public_key` and the roster with `roster`; without them the signature
+is checked against the key report.json names and the heads against the run's roster.toml,
+which proves integrity, not origin.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -119,7 +124,44 @@ def _signature_problems(
     return problems
 
 
-def verify_run(run_dir: Path, public_key: Path | None = None) -> list[str]:
+def _file_problems(run_dir: Path, stored: dict) -> list[str]:
+    """Rendered files edited, swapped or added after signing."""
+    listed = (stored.get("integrity") or {}).get("files_sha256") or {}
+    problems = []
+    for name, digest in sorted(listed.items()):
+        path = run_dir / name
+        if not path.is_file():
+            problems.append(f"{name}: missing (report.json records its hash)")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            problems.append(f"{name}: changed after the report was signed")
+    for path in sorted((run_dir / "plots").glob("*")) if (run_dir / "plots").is_dir() else []:
+        name = path.relative_to(run_dir).as_posix()
+        if name not in listed:
+            problems.append(f"{name}: not covered by the signed report")
+    return problems
+
+
+def _signed_head_problems(fresh: dict) -> list[str]:
+    """Site ledgers that no longer hold the heads their sites signed."""
+    held = {s["site"]: s for s in (fresh.get("integrity") or {}).get("site_ledgers") or []}
+    problems = []
+    for site in fresh["sample_level_dp"]["sites"]:
+        if site["site"] not in held:
+            continue
+        for entry in site["rounds"]:
+            if entry["head_signature"] == "valid" and entry["site_ledger"] is None:
+                problems.append(
+                    f"{held[site['site']]['file']}: does not hold the ledger head "
+                    f"{site['site']} signed after round {entry['round']} (the ledger was "
+                    "rewritten)"
+                )
+                break
+    return problems
+
+
+def verify_run(
+    run_dir: Path, public_key: Path | None = None, roster: Path | None = None
+) -> list[str]:
     """Problems found in the run directory's report and ledgers; empty when all checks pass.
 
     FedVaultError when there is nothing to verify (no run ledger, no report.json) or the
@@ -157,6 +199,7 @@ def verify_run(run_dir: Path, public_key: Path | None = None) -> list[str]:
         problems += _signature_problems(run_dir, data, stored, public_key)
     except FedVaultError as exc:
         problems.append(str(exc))
+    problems += _file_problems(run_dir, stored)
     if problems:
         return problems
     fresh = build_report(
@@ -165,6 +208,11 @@ def verify_run(run_dir: Path, public_key: Path | None = None) -> list[str]:
         software=(stored.get("provenance") or {}).get("software"),
         signer=integrity.get("signature"),
         site_limits={r["file"]: int(r["rows"]) for r in integrity.get("site_ledgers") or []},
+        roster=roster,
+        files=integrity.get("files_sha256"),
     )
+    problems = _signed_head_problems(fresh)
     differences = _differences(stored, fresh)
-    return [f"report.json differs from the ledgers: {d}" for d in differences[:MAX_DIFFERENCES]]
+    return problems + [
+        f"report.json differs from the ledgers: {d}" for d in differences[:MAX_DIFFERENCES]
+    ]

@@ -1,17 +1,20 @@
 """Writing a run's report: report.json, report.sig, report.html (+ report.md), plots/*.png.
 
 Every file is written atomically; report.json and its signature come last, so a crash midway
-leaves either the previous signed report or none, never a signed half. The JSON bytes are
-fixed here once (indented, ASCII, no NaN) because the signature covers them exactly.
+leaves either the previous signed report or none, never a signed half. report.json lists the
+SHA-256 of every rendered file (the HTML, the Markdown, each plot), so the one signature
+covers what a reviewer reads first as well. The JSON bytes are fixed here once (indented,
+ASCII, no NaN) because the signature covers them exactly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from privacy.atomic import atomic_write_bytes, atomic_write_text
+from privacy.atomic import atomic_write_bytes
 from privacy.report.model import build_report
 from privacy.report.signing import load_or_create_signing_key, sign, signer_record
 
@@ -45,14 +48,19 @@ def write_report(
     run_dir = Path(run_dir)
     key = load_or_create_signing_key(signing_key_path)
     report = build_report(run_dir, audit=audit, signer=signer_record(key.public_key()))
-    data = report_bytes(report)
+    rendered: dict[str, bytes] = {}
     if "html" in formats:
         plots = all_plots(report)
-        for name, png in plots.items():
-            atomic_write_bytes(run_dir / "plots" / name, png)
-        atomic_write_text(run_dir / "report.html", render_html(report, plots))
+        rendered.update({f"plots/{name}": png for name, png in plots.items()})
+        rendered["report.html"] = render_html(report, plots).encode("utf-8")
     if "md" in formats:
-        atomic_write_text(run_dir / "report.md", render_md(report))
+        rendered["report.md"] = render_md(report).encode("utf-8")
+    report["integrity"]["files_sha256"] = {
+        name: hashlib.sha256(data).hexdigest() for name, data in sorted(rendered.items())
+    }
+    for name, data in rendered.items():
+        atomic_write_bytes(run_dir / name, data)
+    data = report_bytes(report)
     atomic_write_bytes(run_dir / "report.json", data)
     atomic_write_bytes(run_dir / "report.sig", sign(key, data))
     return report

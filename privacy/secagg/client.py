@@ -11,6 +11,14 @@ protocol forbids: above all, both the self-mask share and the masking-key share 
 which together would let the server strip that peer's masks. The client remembers what it
 revealed for the whole session, so splitting such a request over two messages fails too.
 A refused request leaves the state untouched.
+
+With an `Identity` (its roster name, key and roster) the client runs the protocol against an
+active server (Bonawitz et al. 2017, section 6; Bell et al. 2020): it signs its two public
+keys, accepts only peers that the roster lists under distinct names with valid signatures
+(and at least `min_peers` of them), signs the survivor set in a consistency stage, and
+reveals shares only once `threshold` of its neighbours have signed the same survivor set, so
+the server cannot swap keys, invent peers or tell two clients different dropout stories.
+A client with an identity refuses the semi-honest protocol; one without refuses the other.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import numpy as np
 from flwr.common.secure_aggregation.crypto.shamir import create_shares
 
 from privacy.errors import FedVaultError
+from privacy.identity import Identity, signed_bytes, verify
 from privacy.secagg import crypto
 from privacy.secagg import messages as m
 from privacy.secagg.config import RoundParams
@@ -40,8 +49,24 @@ _KEY = "key"
 _PREVIOUS = {
     m.SHARE_KEYS: (m.SETUP,),
     m.MASKED_INPUT: (m.SHARE_KEYS,),
-    m.UNMASK: (m.MASKED_INPUT, m.UNMASK),
+    m.CONSISTENCY: (m.MASKED_INPUT,),
+    m.UNMASK: (m.MASKED_INPUT, m.CONSISTENCY, m.UNMASK),
 }
+_TABLES = ("peer_mask_pks", "peer_enc_pks", "seed_shares", "key_shares", "revealed", "peer_names")
+KEYS_PURPOSE = "secagg-keys"
+SURVIVORS_PURPOSE = "secagg-survivors"
+
+
+def keys_signed_bytes(
+    session: str, client_id: int, name: str, mask_pk: bytes, enc_pk: bytes
+) -> bytes:
+    """What a client signs at setup: its two public keys, bound to its id, name and session."""
+    return signed_bytes(KEYS_PURPOSE, session, client_id, name, mask_pk, enc_pk)
+
+
+def survivors_signed_bytes(session: str, survivors: list[int]) -> bytes:
+    """What a client signs in the consistency stage: the session's survivor set."""
+    return signed_bytes(SURVIVORS_PURPOSE, session, *sorted(survivors))
 
 
 @dataclass
@@ -62,12 +87,16 @@ class _Session:
     masked_with: list[int] = field(default_factory=list)
     revealed: dict[int, str] = field(default_factory=dict)
     out_of_range: int = -1
+    peer_names: dict[int, str] = field(default_factory=dict)
+    survivors: list[int] = field(default_factory=list)
 
 
 class SecAggClient:
     """Client `client_id`'s protocol state across the four stages of a round."""
 
-    def __init__(self, client_id: int) -> None:
+    def __init__(
+        self, client_id: int, identity: Identity | None = None, min_peers: int = 0
+    ) -> None:
         if (
             not isinstance(client_id, int)
             or isinstance(client_id, bool)
@@ -75,6 +104,8 @@ class SecAggClient:
         ):
             raise FedVaultError(f"client id must be an integer in [1, 2**64), got {client_id!r}")
         self.client_id = client_id
+        self.identity = identity
+        self.min_peers = min_peers
         self._s: _Session | None = None
         self._past_sessions: list[str] = []
 
@@ -114,6 +145,8 @@ class SecAggClient:
             if update is None or weight is None:
                 raise FedVaultError("a masked-input request needs the client's update and weight")
             return self.masked_input(request, update, weight)
+        if stage == m.CONSISTENCY:
+            return self.consistency(request)
         return self.unmask(request)
 
     # -- stages ---------------------------------------------------------------------------
@@ -129,6 +162,15 @@ class SecAggClient:
             params = RoundParams.from_wire(request)
         except FedVaultError as exc:
             raise SecAggProtocolError(f"setup parameters refused: {exc}") from exc
+        if self.identity is not None and not params.authenticated:
+            raise SecAggProtocolError(
+                "this site requires authenticated secure aggregation (it has a roster); "
+                "the server asked for the semi-honest protocol"
+            )
+        if self.identity is None and params.authenticated:
+            raise SecAggProtocolError(
+                "authenticated secure aggregation needs a roster and an identity key at the site"
+            )
         if self._s is not None:
             if self._s.stage != m.UNMASK:
                 log.warning(
@@ -143,7 +185,12 @@ class SecAggClient:
         enc_sk, enc_pk = crypto.new_key_pair()
         self._s = _Session(h.session, m.SETUP, params, mask_sk, mask_pk, enc_sk, enc_pk)
         self._s.seen_nonces.append(h.nonce)
-        return {**self._reply_header(h), m.MASK_PK: mask_pk, m.ENC_PK: enc_pk}
+        reply = {**self._reply_header(h), m.MASK_PK: mask_pk, m.ENC_PK: enc_pk}
+        if self.identity is not None:
+            name = self.identity.name
+            signed = keys_signed_bytes(h.session, self.client_id, name, mask_pk, enc_pk)
+            reply.update({m.NAME: name, m.SIGNATURE: self.identity.sign(signed)})
+        return reply
 
     def share_keys(self, request: Mapping[str, Any]) -> m.Message:
         """Stage 2: Shamir-share the self-mask seed and the masking key among the neighbours."""
@@ -169,6 +216,7 @@ class SecAggClient:
         all_pks = [*mask_pks, *enc_pks, s.mask_pk, s.enc_pk]
         if len(set(all_pks)) != len(all_pks):
             raise SecAggProtocolError("share-keys request repeats a public key")
+        peer_names = self._authenticate_peers(h.session, r, peers, mask_pks, enc_pks)
 
         seed = os.urandom(crypto.SEED_BYTES)
         holders = sorted([*peers, self.client_id])
@@ -191,6 +239,7 @@ class SecAggClient:
             seen_nonces=[*s.seen_nonces, h.nonce],
             peer_mask_pks=dict(zip(peers, mask_pks, strict=True)),
             peer_enc_pks=peer_enc,
+            peer_names=peer_names,
             seed=seed,
             seed_shares={self.client_id: own_seed_share},
             key_shares={self.client_id: own_key_share},
@@ -295,12 +344,37 @@ class SecAggClient:
 
         return h, s, srcs, seed_shares, key_shares
 
+    def consistency(self, request: Mapping[str, Any]) -> m.Message:
+        """Authenticated stage: sign the survivor set, the only one this client will honour."""
+        h, s = self._check_request(request, m.CONSISTENCY)
+        if not s.params.authenticated:
+            raise SecAggProtocolError("consistency request in a semi-honest session")
+        r = m.Reader(request, f"consistency request to client {self.client_id}")
+        survivors = r.ids(m.SURVIVOR_IDS)
+        if self.client_id not in survivors:
+            raise SecAggProtocolError("consistency request leaves this client out of the survivors")
+        mine = {*s.masked_with, self.client_id}
+        if len(mine & set(survivors)) < s.params.threshold:
+            raise SecAggProtocolError(
+                f"only {len(mine & set(survivors))} survivors in this neighbourhood, fewer "
+                f"than the threshold {s.params.threshold}"
+            )
+        signature = self.identity.sign(survivors_signed_bytes(h.session, survivors))
+        self._s = replace(
+            s, stage=m.CONSISTENCY, seen_nonces=[*s.seen_nonces, h.nonce], survivors=survivors
+        )
+        return {**self._reply_header(h), m.SIGNATURE: signature}
+
     def unmask(self, request: Mapping[str, Any]) -> m.Message:
-        """Stage 4: self-mask shares of survivors, key shares of dropped peers, never both."""
+        """Last stage: self-mask shares of survivors, key shares of dropped peers, never both."""
         h, s = self._check_request(request, m.UNMASK)
+        if s.params.authenticated and s.stage == m.MASKED_INPUT:
+            raise SecAggProtocolError("unmask request before the survivor set was signed")
         r = m.Reader(request, f"unmask request to client {self.client_id}")
         survivors = r.ids(m.SURVIVOR_IDS)
         dropped = r.ids(m.DROPPED_IDS)
+        if s.params.authenticated:
+            self._check_consistency(h.session, s, r, survivors, dropped)
         both = sorted(set(survivors) & set(dropped))
         if both:
             raise SecAggProtocolError(
@@ -343,6 +417,81 @@ class SecAggClient:
             m.KEY_SHARE_IDS: dropped,
             m.KEY_SHARES: [s.key_shares[v] for v in dropped],
         }
+
+    # -- authentication -------------------------------------------------------------------
+
+    def _authenticate_peers(
+        self,
+        session: str,
+        r: m.Reader,
+        peers: list[int],
+        mask_pks: list[bytes],
+        enc_pks: list[bytes],
+    ) -> dict[int, str]:
+        """Peer id -> roster name, every key advertisement checked against the roster."""
+        if self.identity is None:
+            return {}
+        names = r.names(m.PEER_NAMES)
+        signatures = r.blobs(m.PEER_SIGNATURES)
+        if not len(names) == len(signatures) == len(peers):
+            raise SecAggProtocolError("share-keys request: peer names or signatures missing")
+        roster = self.identity.roster
+        for peer, name, mask_pk, enc_pk, signature in zip(
+            peers, names, mask_pks, enc_pks, signatures, strict=True
+        ):
+            key = roster.key_of(name)
+            if key is None:
+                raise SecAggProtocolError(f"peer {peer} claims {name!r}, who is not on the roster")
+            if name == self.identity.name:
+                raise SecAggProtocolError(f"peer {peer} claims this site's own name {name!r}")
+            signed = keys_signed_bytes(session, peer, name, mask_pk, enc_pk)
+            if not verify(key, signed, signature):
+                raise SecAggProtocolError(
+                    f"the keys of peer {peer} ({name}) carry no valid signature of {name}: "
+                    "substituted or forged"
+                )
+        if len(set(names)) != len(names):
+            raise SecAggProtocolError("share-keys request lists one roster site twice")
+        if len(names) < self.min_peers:
+            raise SecAggProtocolError(
+                f"only {len(names)} authenticated peers, this site requires {self.min_peers}"
+            )
+        return dict(zip(peers, names, strict=True))
+
+    def _check_consistency(
+        self,
+        session: str,
+        s: _Session,
+        r: m.Reader,
+        survivors: list[int],
+        dropped: list[int],
+    ) -> None:
+        """The unmask request must follow the survivor set this client signed, and enough
+        of its neighbours must have signed the same set."""
+        signed_set = set(s.survivors)
+        mine = {*s.masked_with, self.client_id}
+        if set(survivors) != mine & signed_set or set(dropped) != set(s.masked_with) - signed_set:
+            raise SecAggProtocolError(
+                "unmask request contradicts the survivor set this client signed"
+            )
+        signers = r.ids(m.SIGNER_IDS)
+        signatures = r.blobs(m.SIGNATURES)
+        if len(signers) != len(signatures):
+            raise SecAggProtocolError("unmask request: signers and signatures differ in number")
+        data = survivors_signed_bytes(session, s.survivors)
+        valid = {self.client_id}
+        for signer, signature in zip(signers, signatures, strict=True):
+            name = s.peer_names.get(signer)
+            if signer not in mine or name is None:
+                continue
+            if verify(self.identity.roster.key_of(name), data, signature):
+                valid.add(signer)
+        if len(valid) < s.params.threshold:
+            raise SecAggProtocolError(
+                f"only {len(valid)} of this client's neighbourhood signed the survivor set it "
+                f"signed, fewer than the threshold {s.params.threshold}: the server may be "
+                "telling clients different dropout stories"
+            )
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -408,19 +557,22 @@ class SecAggClient:
                 "seen_nonces": list(s.seen_nonces),
                 "masked_with": list(s.masked_with),
                 "out_of_range": s.out_of_range,
+                "survivors": list(s.survivors),
             }
         )
-        for name in ("peer_mask_pks", "peer_enc_pks", "seed_shares", "key_shares", "revealed"):
+        for name in _TABLES:
             table: dict[int, Any] = getattr(s, name)
             state[f"{name}.ids"] = list(table)
             state[f"{name}.values"] = list(table.values())
         return state
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> SecAggClient:
-        """Rebuild a client from `to_state()` output."""
+    def from_state(
+        cls, state: Mapping[str, Any], identity: Identity | None = None, min_peers: int = 0
+    ) -> SecAggClient:
+        """Rebuild a client from `to_state()` output (its identity is the site's own)."""
         try:
-            client = cls(state["client_id"])
+            client = cls(state["client_id"], identity, min_peers)
             client._past_sessions = list(state["past_sessions"])
             if "session" not in state:
                 return client
@@ -429,13 +581,7 @@ class SecAggClient:
             )
             tables = {
                 name: dict(zip(state[f"{name}.ids"], state[f"{name}.values"], strict=True))
-                for name in (
-                    "peer_mask_pks",
-                    "peer_enc_pks",
-                    "seed_shares",
-                    "key_shares",
-                    "revealed",
-                )
+                for name in _TABLES
             }
             client._s = _Session(
                 session=state["session"],
@@ -449,6 +595,7 @@ class SecAggClient:
                 seen_nonces=list(state["seen_nonces"]),
                 masked_with=list(state["masked_with"]),
                 out_of_range=state["out_of_range"],
+                survivors=list(state["survivors"]),
                 **tables,
             )
         except (KeyError, TypeError, ValueError) as exc:

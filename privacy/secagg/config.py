@@ -50,8 +50,11 @@ class RoundParams:
     modulus_bits: int
     max_weight: int
     vector_length: int
+    authenticated: int = 1
 
     def __post_init__(self) -> None:
+        if self.authenticated not in (0, 1) or isinstance(self.authenticated, bool):
+            raise FedVaultError("secure aggregation: authenticated must be 0 or 1")
         for name in (
             "num_clients",
             "num_neighbours",
@@ -154,6 +157,10 @@ class SecAggConfig:
     modulus_bits: arithmetic is modulo 2**modulus_bits.
     max_weight: largest aggregation weight (e.g. number of examples) a client may use.
     stage_timeout_s: how long the server waits for the replies of one stage.
+    authenticated: the malicious-server protocol (Bonawitz et al. 2017, section 6): clients
+        sign their keys and the survivor set with their roster identities and check each
+        other's; False runs the cheaper semi-honest protocol, which holds only while the
+        server follows the protocol.
     """
 
     num_neighbours: int | None = None
@@ -163,6 +170,7 @@ class SecAggConfig:
     modulus_bits: int = 64
     max_weight: int = 1_000_000
     stage_timeout_s: float = 120.0
+    authenticated: bool = True
 
     def __post_init__(self) -> None:
         k = self.num_neighbours
@@ -218,4 +226,5 @@ class SecAggConfig:
             modulus_bits=self.modulus_bits,
             max_weight=self.max_weight,
             vector_length=vector_length,
+            authenticated=int(self.authenticated),
         )

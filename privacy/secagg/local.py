@@ -10,10 +10,20 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from privacy.certs import CURVE
+from privacy.identity import Identity, Roster
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.server import SecAggResult, SecAggServer
+
+
+def local_identities(ids: Collection[int]) -> dict[int, Identity]:
+    """A fresh identity per client and one roster naming them all (`client-<id>`)."""
+    keys = {cid: ec.generate_private_key(CURVE()) for cid in ids}
+    roster = Roster({f"client-{cid}": key.public_key() for cid, key in keys.items()})
+    return {cid: Identity(f"client-{cid}", key, roster) for cid, key in keys.items()}
 
 
 def run_round(
@@ -24,16 +34,21 @@ def run_round(
     session: str = "local",
     seed: int | None = None,
     silent: Mapping[str, Collection[int]] | None = None,
+    identities: Mapping[int, Identity] | None = None,
 ) -> SecAggResult:
     """Aggregate `updates` (client id -> flat vector) securely; `silent[stage]` never reply.
 
-    Raises SecAggAbort when the dropouts leave a mask that cannot be removed.
+    An authenticated `config` needs the clients' identities; without `identities` each
+    client gets a fresh one on a shared roster. Raises SecAggAbort when the dropouts leave
+    a mask that cannot be removed.
     """
     silent = silent or {}
     ids = sorted(updates)
     vector_length = len(next(iter(updates.values())))
     server = SecAggServer(config, session, ids, vector_length, seed=seed)
-    clients = {cid: SecAggClient(cid) for cid in ids}
+    if config.authenticated and identities is None:
+        identities = local_identities(ids)
+    clients = {cid: SecAggClient(cid, (identities or {}).get(cid)) for cid in ids}
     while not server.done:
         stage = server.stage
         replies = [

@@ -26,8 +26,10 @@ NONCE_BYTES = 16
 SETUP = "setup"
 SHARE_KEYS = "share-keys"
 MASKED_INPUT = "masked-input"
+CONSISTENCY = "consistency"
 UNMASK = "unmask"
-STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK)
+STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, CONSISTENCY, UNMASK)
+SEMI_HONEST_STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK)
 
 # Header, in every message.
 SESSION = "session"
@@ -35,13 +37,18 @@ STAGE = "stage"
 SENDER = "sender"
 RECIPIENT = "recipient"
 NONCE = "nonce"
-# setup request: RoundParams fields (see config.py). setup reply:
+# setup request: RoundParams fields (see config.py). setup reply (NAME and SIGNATURE only
+# when authenticated: the client's roster name and its signature over its two keys):
 MASK_PK = "mask_pk"
 ENC_PK = "enc_pk"
-# share-keys request:
+NAME = "name"
+SIGNATURE = "signature"
+# share-keys request (names and signatures only when authenticated):
 PEER_IDS = "peer_ids"
 PEER_MASK_PKS = "peer_mask_pks"
 PEER_ENC_PKS = "peer_enc_pks"
+PEER_NAMES = "peer_names"
+PEER_SIGNATURES = "peer_signatures"
 # share-keys reply:
 DST_IDS = "dst_ids"
 CIPHERTEXTS = "ciphertexts"
@@ -49,9 +56,13 @@ SELF_MASK_COMMITMENT = "self_mask_commitment"
 # masked-input request: SRC_IDS + CIPHERTEXTS. masked-input reply: MASKED_VECTOR (ArrayRecord).
 SRC_IDS = "src_ids"
 MASKED_VECTOR = "masked_vector"
-# unmask request:
+# consistency request: SURVIVOR_IDS, every client whose masked input is in the sum.
+# consistency reply: SIGNATURE over (session, survivors).
+# unmask request (signers and their signatures only when authenticated):
 SURVIVOR_IDS = "survivor_ids"
 DROPPED_IDS = "dropped_ids"
+SIGNER_IDS = "signer_ids"
+SIGNATURES = "signatures"
 # unmask reply:
 SELF_MASK_SHARE_IDS = "self_mask_share_ids"
 SELF_MASK_SHARES = "self_mask_shares"
@@ -124,6 +135,19 @@ class Reader:
             raise self._fail(key, "a list without duplicates")
         return list(value)
 
+    def names(self, key: str) -> list[str]:
+        """A list of non-empty strings."""
+        value = self._get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self._fail(key, "a list of names")
+        return list(value)
+
+    def name(self, key: str) -> str:
+        value = self._get(key)
+        if not isinstance(value, str) or not value:
+            raise self._fail(key, "a non-empty string")
+        return value
+
     def blobs(self, key: str, size: int | None = None) -> list[bytes]:
         """A list of bytes, each `size` long when given."""
         value = self._get(key)
@@ -133,10 +157,10 @@ class Reader:
             raise self._fail(key, f"a list of {size}-byte values")
         return list(value)
 
-    def blob(self, key: str, size: int) -> bytes:
+    def blob(self, key: str, size: int | None = None) -> bytes:
         value = self._get(key)
-        if not isinstance(value, bytes) or len(value) != size:
-            raise self._fail(key, f"{size} bytes")
+        if not isinstance(value, bytes) or (size is not None and len(value) != size):
+            raise self._fail(key, f"{size} bytes" if size else "bytes")
         return value
 
     def vector(self, key: str, length: int, modulus_bits: int) -> np.ndarray:

@@ -102,6 +102,9 @@ class SecAggServer:
         self._requests: dict[int, m.Message] = {}
         self._mask_pk: dict[int, bytes] = {}
         self._enc_pk: dict[int, bytes] = {}
+        self._names: dict[int, str] = {}
+        self._key_signatures: dict[int, bytes] = {}
+        self._survivor_signatures: dict[int, bytes] = {}
         self._holders: dict[int, list[int]] = {}
         self._commitments: dict[int, bytes] = {}
         self._outgoing: dict[int, dict[int, bytes]] = {}
@@ -121,6 +124,11 @@ class SecAggServer:
     def done(self) -> bool:
         return self._result is not None
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages of this round: the consistency stage only when authenticated."""
+        return m.STAGES if self.params.authenticated else m.SEMI_HONEST_STAGES
+
     def requests(self) -> dict[int, m.Message]:
         """The current stage's request for each client still taking part."""
         self._check_not_aborted()
@@ -136,6 +144,7 @@ class SecAggServer:
             m.SETUP: self._on_setup,
             m.SHARE_KEYS: self._on_share_keys,
             m.MASKED_INPUT: self._on_masked_input,
+            m.CONSISTENCY: self._on_consistency,
             m.UNMASK: self._on_unmask,
         }
         for reply in replies:
@@ -152,13 +161,15 @@ class SecAggServer:
                 self._drop(sender, f"{stage}: {exc.reason}")
         for cid in sorted(set(self._requests) - self._answered):
             self._drop(cid, f"{stage}: no reply")
-        position = m.STAGES.index(stage) + 1
-        self.stage = m.STAGES[position] if position < len(m.STAGES) else None
+        stages = self.stages
+        position = stages.index(stage) + 1
+        self.stage = stages[position] if position < len(stages) else None
         try:
             {
                 m.SETUP: self._after_setup,
                 m.SHARE_KEYS: self._after_share_keys,
                 m.MASKED_INPUT: self._after_masked_input,
+                m.CONSISTENCY: self._after_consistency,
                 m.UNMASK: self._after_unmask,
             }[stage]()
         except SecAggAbort as exc:
@@ -182,6 +193,9 @@ class SecAggServer:
         enc_pk = r.blob(m.ENC_PK, crypto.KEY_BYTES)
         if mask_pk == enc_pk:
             raise SecAggProtocolError("setup reply uses one key for both purposes")
+        if self.params.authenticated:
+            self._names[cid] = r.name(m.NAME)
+            self._key_signatures[cid] = r.blob(m.SIGNATURE)
         self._mask_pk[cid], self._enc_pk[cid] = mask_pk, enc_pk
 
     def _on_share_keys(self, cid: int, reply: Mapping[str, Any]) -> None:
@@ -205,6 +219,10 @@ class SecAggServer:
         vector = r.vector(m.MASKED_VECTOR, len(self._sum), self.params.modulus_bits)
         self._sum += vector  # uint64 wraps modulo 2**64, a multiple of the modulus
         self._contributors.add(cid)
+
+    def _on_consistency(self, cid: int, reply: Mapping[str, Any]) -> None:
+        r = m.Reader(reply, f"consistency reply from client {cid}")
+        self._survivor_signatures[cid] = r.blob(m.SIGNATURE)
 
     def _on_unmask(self, cid: int, reply: Mapping[str, Any]) -> None:
         r = m.Reader(reply, f"unmask reply from client {cid}")
@@ -256,6 +274,9 @@ class SecAggServer:
                 m.PEER_MASK_PKS: [self._mask_pk[p] for p in peers],
                 m.PEER_ENC_PKS: [self._enc_pk[p] for p in peers],
             }
+            if self.params.authenticated:
+                requests[cid][m.PEER_NAMES] = [self._names[p] for p in peers]
+                requests[cid][m.PEER_SIGNATURES] = [self._key_signatures[p] for p in peers]
         self._issue(requests)
 
     def _after_share_keys(self) -> None:
@@ -282,13 +303,30 @@ class SecAggServer:
             f"only {len(contributors)} masked inputs arrived, threshold {t}",
         )
         self._check_recoverable(contributors)
+        if self.params.authenticated:
+            survivors = sorted(contributors)
+            self._issue({cid: {m.SURVIVOR_IDS: survivors} for cid in survivors})
+        else:
+            self._issue_unmask()
+
+    def _after_consistency(self) -> None:
+        """Unmask, each request carrying the neighbourhood's signatures on the survivors."""
+        self._check_recoverable(set(self._survivor_signatures) & self._live)
+        self._issue_unmask()
+
+    def _issue_unmask(self) -> None:
+        contributors = self._contributors
         requests = {}
-        for cid in sorted(contributors):
+        for cid in sorted(contributors & self._live):
             peers = self._masked_with[cid]
             requests[cid] = {
                 m.SURVIVOR_IDS: sorted({cid, *peers} & contributors),
                 m.DROPPED_IDS: sorted(set(peers) - contributors),
             }
+            if self.params.authenticated:
+                signers = sorted(set(peers) & set(self._survivor_signatures))
+                requests[cid][m.SIGNER_IDS] = signers
+                requests[cid][m.SIGNATURES] = [self._survivor_signatures[p] for p in signers]
         self._issue(requests)
 
     def _after_unmask(self) -> None:

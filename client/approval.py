@@ -1,0 +1,109 @@
+"""Which app builds a site agreed to serve: an allow-list of build hashes in its state dir.
+
+In Flower the coordinator submits the app (a FAB: a zip of the app's files), and every
+site would run its ClientApp. A site that serves a build it never saw can be made to ignore
+its budget or upload its rows, so a FedVault site serves only builds whose SHA-256 it
+approved: the hash Flower itself computes over the FAB bytes, which `fedvault run` prints
+and `fedvault approve --app DIR` recomputes from a copy of the released source (the build is
+deterministic: fixed file dates, sorted files). The check runs in the site's own ClientApp
+process (client/app_process.py), before any byte of the build is unpacked or imported.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import re
+import tomllib
+from pathlib import Path
+
+import tomli_w
+
+from privacy.atomic import atomic_write_text
+from privacy.errors import FedVaultError
+
+APPROVED_FILE = "approved-apps.toml"
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+class AppNotApproved(FedVaultError):
+    """The coordinator submitted a build this site has not approved."""
+
+
+def build_hash(content: bytes) -> str:
+    """The SHA-256 hex of a FAB's bytes: how Flower and FedVault name a build."""
+    return hashlib.sha256(content).hexdigest()
+
+
+def app_build_hash(app_dir: str | Path) -> str:
+    """The hash of the FAB Flower builds from an app directory (as `flwr run` submits it)."""
+    from flwr.cli.build import build_fab_from_disk
+
+    path = Path(app_dir).expanduser().resolve()
+    if not (path / "pyproject.toml").is_file():
+        raise FedVaultError(f"{path} is not a Flower app (no pyproject.toml)")
+    try:
+        return build_hash(build_fab_from_disk(path))
+    except (ValueError, OSError) as exc:
+        raise FedVaultError(f"cannot build the app in {path}: {exc}") from None
+
+
+def _normalise(value: str) -> str:
+    digest = value.strip().lower().removeprefix("sha256:")
+    if not _HASH.match(digest):
+        raise FedVaultError(f"not an app build hash (64 hex digits): {value!r}")
+    return digest
+
+
+def approved_builds(state_dir: str | Path) -> dict[str, dict[str, str]]:
+    """Approved build hash -> {approved, note}; empty if the site approved none."""
+    path = Path(state_dir) / APPROVED_FILE
+    if not path.exists():
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise FedVaultError(f"cannot read {path}: {exc}") from None
+    builds = raw.get("builds", {})
+    if not isinstance(builds, dict) or not all(_HASH.match(str(k)) for k in builds):
+        raise FedVaultError(f"{path}: [builds] must be keyed by 64-hex-digit hashes")
+    return {str(k): dict(v) for k, v in builds.items()}
+
+
+def approve(state_dir: str | Path, digest: str, note: str = "") -> str:
+    """Add a build hash to the site's allow-list; the normalised hash."""
+    digest = _normalise(digest)
+    builds = approved_builds(state_dir)
+    builds[digest] = {
+        "approved": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "note": note,
+    }
+    _write(state_dir, builds)
+    return digest
+
+
+def revoke(state_dir: str | Path, digest: str) -> str:
+    """Remove a build hash from the allow-list; FedVaultError if it was not on it."""
+    digest = _normalise(digest)
+    builds = approved_builds(state_dir)
+    if digest not in builds:
+        raise FedVaultError(f"build {digest} is not approved at this site")
+    del builds[digest]
+    _write(state_dir, builds)
+    return digest
+
+
+def check_build(state_dir: str | Path, content: bytes, site: str) -> str:
+    """The build's hash if the site approved it; AppNotApproved otherwise."""
+    digest = build_hash(content)
+    if digest not in approved_builds(state_dir):
+        raise AppNotApproved(
+            f"site {site} refuses app build sha256:{digest}: it is not on the site's list of "
+            f"approved builds (approve it there with `fedvault approve {digest}`)"
+        )
+    return digest
+
+
+def _write(state_dir: str | Path, builds: dict[str, dict[str, str]]) -> None:
+    path = Path(state_dir) / APPROVED_FILE
+    atomic_write_text(path, tomli_w.dumps({"builds": builds}), mode=0o600)
