@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.training import DpSgd, poisson_plan, train
+from client.dp_plan import DpSgd, poisson_plan
+from client.training import train
 from privacy.randomness import SecureRandom
 from tasks.datasets import load_mnist1d
 from tasks.models import CNN1D

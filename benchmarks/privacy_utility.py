@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from client.data import VALIDATION_FRACTION
-from client.training import DpSgd, poisson_plan, train
+from client.dp_plan import DpSgd, poisson_plan
+from client.training import train
 from privacy.accounting import PrivacyEvent, compute_epsilon, solve_noise_multiplier
 from privacy.atomic import atomic_write_text
 from privacy.randomness import SecureRandom

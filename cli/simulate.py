@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from privacy.errors import FedVaultError
-    from simulations.runner import RayCluster, print_progress, simulate
+    from server.progress import print_progress
+    from simulations.runner import RayCluster, simulate
 
     scenario = load_scenario(args.scenario)
     overrides = {

@@ -21,13 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.budget import SiteBudget
-from client.local_round import (
-    Release,
-    masked_vector,
-    prepare,
-    private_evaluation,
-    private_release,
-)
+from client.data import prepare
 from client.request import (
     EVALUATE,
     PLAIN_TRAIN,
@@ -52,6 +46,8 @@ SECAGG_STATE = "secagg-client"
 
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
+    from client.local_round import private_release
+
     def answer(request: SiteRequest, site: Site, budget: SiteBudget) -> Message:
         _maybe_drop_out(site, "train")
         release = private_release(msg, context, prepare(request, site), budget)
@@ -90,6 +86,8 @@ def secagg_handler(msg: Message, context: Context) -> Message:
             budget.dry_run(event, request.server_round)
         try:
             if stage == m.MASKED_INPUT:
+                from client.local_round import masked_vector, private_release
+
                 client.check_masked_input(protocol)
                 work = prepare(request, site)
                 release = private_release(msg, context, work, budget)
@@ -108,8 +106,10 @@ def secagg_handler(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
+    from client.local_round import private_evaluation
+
     def answer(request: SiteRequest, site: Site, budget: SiteBudget) -> Message:
-        release: Release = private_evaluation(msg, context, prepare(request, site), budget)
+        release = private_evaluation(msg, context, prepare(request, site), budget)
         content = RecordDict({"metrics": MetricRecord(release.metrics), "privacy": release.privacy})
         return Message(content=content, reply_to=msg)
 

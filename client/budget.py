@@ -20,8 +20,8 @@ from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
 
+from client.dp_plan import DpSgd, poisson_plan
 from client.site import Site, site_identity
-from client.training import DpSgd, poisson_plan
 from privacy.accounting import PrivacyEvent, compute_epsilon, solve_noise_multiplier
 from privacy.dp_ledger import (
     PLAIN_RELEASE,

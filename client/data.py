@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from client.request import SiteRequest
 from client.site import Site
 from privacy.errors import FedVaultError
 from privacy.keystore import load_or_create_secret
@@ -27,7 +29,11 @@ from tasks.partition import (
     partition_iid,
 )
 from tasks.registry import TaskSettings, load_dataset, load_site_table
-from tasks.tabular import Schema
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tasks.tabular import Schema
 
 VALIDATION_FRACTION = 0.1
 SPLIT_KEY_FILE = "split.key"
@@ -107,4 +113,37 @@ def validation_rows(num_rows: int, key: bytes) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def cached_schema(text: str) -> Schema:
     """The shared schema, parsed once per process."""
+    from tasks.tabular import Schema
+
     return Schema.from_toml(text)
+
+
+@dataclass
+class SiteRound:
+    """A request, its site and the site's (policy-applied) data."""
+
+    request: SiteRequest
+    site: Site
+    data: SiteData
+    anonymization: dict = field(default_factory=dict)
+
+
+def prepare(request: SiteRequest, site: Site) -> SiteRound:
+    """Load the site's rows, after its anonymization policy if tabular."""
+    task, partition = request.settings.task, request.settings.partition
+    table, anonymization = None, {}
+    if task.name == "tabular":
+        table, anonymization = released_table(task, site, partition)
+    data = load_site_data(task, site, partition, table)
+    return SiteRound(request, site, data, anonymization)
+
+
+@functools.lru_cache(maxsize=8)
+def released_table(task: TaskSettings, site: Site, partition: str) -> tuple[pd.DataFrame, dict]:
+    """The site's rows after its policy: computed once per process, reused every round."""
+    table = site_table(task, site, partition)
+    if not site.policy_path:
+        return table, {}
+    from client.policy import apply_site_policy
+
+    return apply_site_policy(table, site, cached_schema(task.schema))

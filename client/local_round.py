@@ -11,40 +11,27 @@ un-noised evaluation metric.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 from flwr.app import ConfigRecord, Context, Message
 from torch import nn
 
 from client.budget import SiteBudget, evaluation_event
-from client.data import SiteData, cached_schema, load_site_data, site_table
-from client.policy import apply_site_policy
-from client.request import SiteRequest, global_model
+from client.data import SiteData, SiteRound
+from client.request import SiteRequest, malformed
 from client.site import Site
 from client.training import TrainResult, train
 from privacy.dp_ledger import Refused, Reservation
 from privacy.randomness import SecureRandom
-from tasks.registry import TaskSettings
+from tasks.registry import build_model
 from tasks.wire import flatten_update
 
 LOSS_CAP = 10.0  # per-example loss is clipped here before an evaluation sum is released
-
-
-@dataclass
-class SiteRound:
-    """A request, its site and the site's (policy-applied) data."""
-
-    request: SiteRequest
-    site: Site
-    data: SiteData
-    anonymization: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -55,25 +42,6 @@ class Release:
     model: nn.Module | None = None
     result: TrainResult | None = None
     metrics: dict = field(default_factory=dict)
-
-
-def prepare(request: SiteRequest, site: Site) -> SiteRound:
-    """Load the site's rows, after its anonymization policy if tabular."""
-    task, partition = request.settings.task, request.settings.partition
-    table, anonymization = None, {}
-    if task.name == "tabular":
-        table, anonymization = released_table(task, site, partition)
-    data = load_site_data(task, site, partition, table)
-    return SiteRound(request, site, data, anonymization)
-
-
-@functools.lru_cache(maxsize=8)
-def released_table(task: TaskSettings, site: Site, partition: str) -> tuple[pd.DataFrame, dict]:
-    """The site's rows after its policy: computed once per process, reused every round."""
-    table = site_table(task, site, partition)
-    if not site.policy_path:
-        return table, {}
-    return apply_site_policy(table, site, cached_schema(task.schema))
 
 
 def site_rng(site: Site, request: SiteRequest) -> SecureRandom:
@@ -210,3 +178,21 @@ def _evaluation_sums(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[fl
         correct = (logits.argmax(1) == target).sum().item()
     loss_sum = float(losses.sum().item())
     return float(correct), loss_sum if math.isfinite(loss_sum) else LOSS_CAP * len(y)
+
+
+def global_model(request: SiteRequest, msg: Message, num_features: int, num_classes: int):
+    """The model the request carries, loaded into the task's architecture, or Refused."""
+    model = build_model(
+        request.settings.task.name, num_features, num_classes, private=request.settings.dp
+    )
+    if "arrays" not in msg.content:
+        raise malformed("it carries no model")
+    try:
+        state = msg.content["arrays"].to_torch_state_dict()
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise malformed(f"its model does not fit the task's architecture ({exc})") from None
+    for tensor in model.state_dict().values():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise malformed("its model holds NaN or infinite weights")
+    return model

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from flwr.app import Message
 
 from client.site import Site
 from privacy.dp_ledger import Refused
 from privacy.errors import FedVaultError
-from tasks.registry import build_model
 from tasks.settings import RunSettings
 
 ROUND_KEYS = ("server-round", "proximal-mu", "round-clip-norm", "round-noise-share-std")
@@ -105,21 +103,3 @@ def check_floor(site: Site, request: SiteRequest) -> None:
             f"noise multiplier {s.noise_multiplier:g} is below the site's floor "
             f"{floor.min_noise_multiplier:g}",
         )
-
-
-def global_model(request: SiteRequest, msg: Message, num_features: int, num_classes: int):
-    """The model the request carries, loaded into the task's architecture, or Refused."""
-    model = build_model(
-        request.settings.task.name, num_features, num_classes, private=request.settings.dp
-    )
-    if "arrays" not in msg.content:
-        raise malformed("it carries no model")
-    try:
-        state = msg.content["arrays"].to_torch_state_dict()
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        raise malformed(f"its model does not fit the task's architecture ({exc})") from None
-    for tensor in model.state_dict().values():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise malformed("its model holds NaN or infinite weights")
-    return model

@@ -25,18 +25,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from client.dp_plan import DpSgd
 from privacy.errors import FedVaultError
 from privacy.randomness import SecureRandom
-
-
-@dataclass(frozen=True)
-class DpSgd:
-    """The DP-SGD mechanism parameters for one round of local training."""
-
-    noise_multiplier: float
-    clip_norm: float
-    sample_rate: float
-    grad_sample_mode: str = "ew"
 
 
 @dataclass(frozen=True)
@@ -46,12 +37,6 @@ class TrainResult:
     num_examples: int
     loss: float
     steps: int = 0
-
-
-def poisson_plan(num_records: int, batch_size: int, epochs: int) -> tuple[float, int]:
-    """Sampling rate and steps of a Poisson loader: q = 1/ceil(N/B), ceil(N/B) per epoch."""
-    batches = -(-num_records // min(batch_size, num_records))
-    return 1.0 / batches, epochs * batches
 
 
 class PoissonBatches:

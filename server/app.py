@@ -6,6 +6,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.federation import run_federation
+from server.progress import print_progress
 from tasks.settings import RunSettings
 
 app = ServerApp()
@@ -13,4 +14,6 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_federation(grid, RunSettings.from_config(dict(context.run_config)), str(context.run_id))
+    settings = RunSettings.from_config(dict(context.run_config))
+    progress = print_progress(settings.num_rounds, lambda line: print(line, flush=True), True)
+    run_federation(grid, settings, str(context.run_id), progress)

@@ -8,6 +8,7 @@ directory with its status marker.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -33,8 +34,10 @@ from server.checkpoint import (
     strategy_state,
 )
 from server.client_dp import ClientLevelDp, RoundPlan, clip_and_sum
+from server.exchange import exchange
+from server.progress import ProgressFn
 from server.rundir import RunDirectory
-from server.secure_round import secure_train_round
+from server.secure_round import StageFn, secure_train_round
 from server.strategies import make_strategy
 from server.transport import record_transport
 from tasks.evaluation import evaluate
@@ -43,7 +46,6 @@ from tasks.settings import RunSettings
 from tasks.wire import apply_update, flatten_update, update_length
 
 log = getLogger("fedvault.server")
-ProgressFn = Callable[[dict], None]
 
 
 @dataclass
@@ -67,7 +69,7 @@ def split_replies(replies: list[Message]) -> RoundReplies:
     return out
 
 
-AuditFn = Callable[[torch.nn.Module], dict | None]
+AuditFn = Callable[[torch.nn.Module, list[str]], dict | None]
 
 
 def run_federation(
@@ -80,7 +82,8 @@ def run_federation(
     """Run (or, with `resume-run-id`, continue) a federated run; return the last metrics.
 
     The run ends with its signed privacy-budget report; `audit` (simulations only: it needs
-    the sites' training rows) adds the empirical membership-inference audit of the model.
+    the sites' training rows) adds the empirical membership-inference audit of the model,
+    given the names of the sites whose updates reached it.
     """
     rundir = RunDirectory(settings.out)
     resume = None
@@ -100,7 +103,7 @@ def run_federation(
         raise
     finally:
         ledger.close()
-    audit_result = audit(model) if audit else None
+    audit_result = audit(model, _trained_sites(rundir.path)) if audit else None
     rundir.set_status("completed", run_id=run_id, rounds=final["round"])
     try:
         write_report(rundir.path, signing_key_path=default_signing_key(), audit=audit_result)
@@ -169,9 +172,18 @@ def _rounds(
             train_config["round-clip-norm"] = plan.clip_norm
             train_config["round-noise-share-std"] = client_dp.noise_share_std(plan)
         node_ids = plan.node_ids if plan else [msg.metadata.dst_node_id for msg in messages]
+
+        on_stage = functools.partial(_report_stage, progress, server_round)
         if settings.secagg:
             outcome = _secure_round(
-                grid, node_ids, arrays, train_config, settings, f"{session}/{server_round}", plan
+                grid,
+                node_ids,
+                arrays,
+                train_config,
+                settings,
+                f"{session}/{server_round}",
+                plan,
+                on_stage,
             )
             ledger.append("secagg_round", {"round": server_round, **outcome.metrics})
         else:
@@ -237,7 +249,7 @@ def _plain_round(
 ) -> TrainOutcome:
     """Updates in the clear; FedAvg weights them by their number of examples."""
     messages = _train_messages(node_ids, arrays, train_config)
-    replies = split_replies(list(grid.send_and_receive(messages, timeout=settings.round_timeout)))
+    replies = split_replies(exchange(grid, messages, settings.round_timeout))
     if not replies.ok:
         return TrainOutcome(replies, None)
     states = [reply.content["arrays"].to_torch_state_dict() for reply in replies.ok]
@@ -249,6 +261,28 @@ def _plain_round(
     }
     old = arrays.to_torch_state_dict()
     return TrainOutcome(replies, {k: v.to(old[k].dtype) for k, v in mean.items()}, weight=total)
+
+
+def _trained_sites(run_dir: Path) -> list[str]:
+    """Sites that released a training update in this run, as their summaries name them."""
+    with Ledger.open(run_dir / "run-ledger.sqlite", kind="run") as ledger:
+        rows = ledger.rows("site_round") + ledger.rows("plain_release")
+    return sorted(
+        {str(r.payload["site"]) for r in rows if r.payload.get("purpose", "train") == "train"}
+    )
+
+
+def _report_stage(
+    progress: ProgressFn | None,
+    server_round: int,
+    stage: str,
+    answered: int,
+    asked: int,
+    seconds: float,
+) -> None:
+    if progress:
+        event = {"kind": "stage", "round": server_round, "stage": stage}
+        progress({**event, "answered": answered, "asked": asked, "seconds": seconds})
 
 
 def _weight(reply: Message) -> int:
@@ -267,6 +301,7 @@ def _secure_round(
     settings: RunSettings,
     session: str,
     plan: RoundPlan | None,
+    on_stage: StageFn,
 ) -> TrainOutcome:
     """Train the sampled sites under SecAgg+; only the sum of their vectors comes back."""
     state = arrays.to_torch_state_dict()
@@ -285,7 +320,7 @@ def _secure_round(
         }
         return TrainOutcome(RoundReplies(), None, metrics=record)
     outcome = secure_train_round(
-        grid, node_ids, arrays, train_config, settings.secagg_config(), session, length
+        grid, node_ids, arrays, train_config, settings.secagg_config(), session, length, on_stage
     )
     replies = RoundReplies(outcome.updates, outcome.refusals, outcome.failures)
     if outcome.aborted:
@@ -304,6 +339,7 @@ def _secure_round(
         "rejections": outcome.rejections,
         "aborted": outcome.aborted,
         "out-of-range": outcome.out_of_range,
+        "stage-seconds": outcome.stage_seconds,
     }
     result = TrainOutcome(replies, None, metrics=record)
     if outcome.weighted_sum is None:
@@ -411,11 +447,10 @@ def _evaluate_at_sites(
     the rest refuse, which is recorded and not an error.
     """
     replies = split_replies(
-        list(
-            grid.send_and_receive(
-                strategy.configure_evaluate(server_round, arrays, config, grid),
-                timeout=float(config["round-timeout"]),
-            )
+        exchange(
+            grid,
+            strategy.configure_evaluate(server_round, arrays, config, grid),
+            float(config["round-timeout"]),
         )
     )
     _record_privacy(ledger, server_round, replies)
@@ -453,6 +488,8 @@ def _record_privacy(ledger: Ledger, server_round: int, replies: RoundReplies) ->
         if "summary" in privacy:
             summary = json.loads(str(privacy["summary"]))
             ledger.append("site_round", {**summary, "round": server_round})
+        elif "arrays" in reply.content or "secagg" in reply.content:
+            ledger.append("plain_release", {"site": site, "round": server_round})
         if "anonymization" in privacy and site not in anonymized:
             report = json.loads(str(privacy["anonymization"]))
             ledger.append("anonymization", {"site": site, "round": server_round, **report})

@@ -1,14 +1,16 @@
 """One training round under secure aggregation (SecAgg+), driven over Flower messages.
 
-The protocol maths is in privacy/secagg; this module only carries its four stages as
-`train.secagg` messages, one `Grid.send_and_receive` per stage. The round's training
-instruction (global model and settings) rides on the masked-input stage, so a site trains
-only once it holds its peers' shares. The server learns the weighted sum of the vectors of
-the sites whose masked input arrived, and nothing about any one of them.
+The protocol maths is in privacy/secagg; this module only carries its stages as
+`train.secagg` messages, one exchange (server/exchange.py) per stage, and times each. The
+round's training instruction (global model and settings) rides on the masked-input stage,
+so a site trains only once it holds its peers' shares. The server learns the weighted sum
+of the vectors of the sites whose masked input arrived, and nothing about any one of them.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import getLogger
 
@@ -18,11 +20,13 @@ from flwr.serverapp import Grid
 
 from privacy.secagg import SecAggAbort, SecAggConfig, SecAggServer
 from privacy.secagg import messages as m
+from server.exchange import exchange
 from tasks.wire import protocol_message, protocol_records
 
 log = getLogger("fedvault.server")
 
 SECAGG_MESSAGE_TYPE = "train.secagg"
+StageFn = Callable[[str, int, int, float], None]
 
 
 @dataclass
@@ -39,6 +43,7 @@ class SecureRound:
     aborted: str = ""
     out_of_range: int = 0
     contributors: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def secure_train_round(
@@ -49,8 +54,12 @@ def secure_train_round(
     config: SecAggConfig,
     session: str,
     vector_length: int,
+    on_stage: StageFn | None = None,
 ) -> SecureRound:
-    """Run the four stages; only the weighted sum of the sites' vectors comes back."""
+    """Run the stages; only the weighted sum of the sites' vectors comes back.
+
+    `on_stage(stage, answered, asked, seconds)` is told when each exchange ends.
+    """
     server = SecAggServer(config, session, node_ids, vector_length)
     outcome = SecureRound()
     try:
@@ -64,7 +73,11 @@ def secure_train_round(
                 )
                 for node_id, request in server.requests().items()
             ]
-            replies = grid.send_and_receive(messages, timeout=config.stage_timeout_s)
+            started = time.monotonic()
+            replies = exchange(grid, messages, config.stage_timeout_s)
+            outcome.stage_seconds[stage] = round(time.monotonic() - started, 3)
+            if on_stage is not None:
+                on_stage(stage, len(replies), len(messages), outcome.stage_seconds[stage])
             server.receive(_protocol_replies(stage, replies, outcome))
         result = server.result()
     except SecAggAbort as exc:

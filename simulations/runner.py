@@ -17,9 +17,7 @@ import logging
 import os
 import shutil
 import socket
-import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +30,8 @@ from client.site import SITE_FILE, read_site_file, site_settings
 from privacy.atomic import atomic_write_text
 from privacy.certs import parse_address
 from privacy.errors import FedVaultError
-from server.federation import ProgressFn, run_federation
+from server.federation import run_federation
+from server.progress import ProgressFn
 from server.rundir import STATUS_FILE
 from simulations.audit import audit_model
 from simulations.identities import give_identities
@@ -45,6 +44,9 @@ OFFLINE_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_DEDUP_LOGS": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Opt in now to Ray's coming handling of visible accelerators for sites that reserve no
+    # GPU (FedVault trains on CPU), which is what its FutureWarning asks.
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 RAY_PROBE_TIMEOUT_S = 5.0
 
@@ -162,7 +164,9 @@ def simulate(
                 settings,
                 str(context.run_id),
                 progress,
-                audit=lambda model: audit_model(settings, scenario.num_sites, model),
+                audit=lambda model, trained: audit_model(
+                    settings, scenario.num_sites, model, [_partition(name) for name in trained]
+                ),
             )
         )
 
@@ -186,29 +190,9 @@ def simulate(
     return result
 
 
-def print_progress(num_rounds: int, echo: Callable[[str], None] = print) -> ProgressFn:
-    """A progress function printing one line per round."""
-    started = time.monotonic()
-
-    def report(metrics: dict) -> None:
-        parts = [
-            f"round {metrics['round']:>3}/{num_rounds}",
-            f"test-acc {metrics['test-accuracy']:.4f}",
-            f"loss {metrics['test-loss']:.4f}",
-            f"sites {metrics['sites-trained']}",
-        ]
-        if metrics.get("sites-refused"):
-            parts.append(f"refused {metrics['sites-refused']}")
-        if "max-site-epsilon" in metrics:
-            parts.append(f"max site-eps {metrics['max-site-epsilon']:.3f}")
-        if metrics.get("client-epsilon") is not None:
-            parts.append(f"client-eps {metrics['client-epsilon']:.3f}")
-        if metrics.get("secagg-aborted"):
-            parts.append("secagg ABORTED")
-        parts.append(f"{metrics['seconds']:.1f}s (total {time.monotonic() - started:.0f}s)")
-        echo("  ".join(parts))
-
-    return report
+def _partition(site: str) -> int:
+    """The partition id of a simulated site from its name (`site-<id>`)."""
+    return int(site.rpartition("-")[2])
 
 
 def _run_id_of(out: Path) -> str:

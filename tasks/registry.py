@@ -1,20 +1,24 @@
 """Task names mapped to their data loader and model, and the settings that select them.
 
 Server and client both call `load_dataset` with the same `TaskSettings` (the server sends them
-in every round's config), so both see identical splits without exchanging any data.
+in every round's config), so both see identical splits without exchanging any data. torch and
+pandas are imported only where a model is built or a table read: a site's secure-aggregation
+protocol stages import this module and need neither.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from privacy.errors import FedVaultError
 from tasks.datasets import Dataset, load_digits, load_mnist1d, split_indices
-from tasks.models import CNN1D, MLP, DigitsCNN
-from tasks.tabular import Schema, read_csv
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from tasks.tabular import Schema
 
 TASKS = ("mnist1d", "digits", "tabular")
 
@@ -67,6 +71,8 @@ def load_dataset(task: TaskSettings) -> Dataset:
         return load_mnist1d(task.num_train, task.num_test, task.seed)
     if task.name == "digits":
         return load_digits(task.seed, task.test_fraction)
+    from tasks.tabular import Schema, read_csv
+
     schema = Schema.from_toml(task.schema)
     table = read_csv(task.csv)
     schema.check_columns(list(table.columns), task.csv)
@@ -88,6 +94,8 @@ def load_dataset(task: TaskSettings) -> Dataset:
 
 def load_site_table(task: TaskSettings, path: str | Path) -> TabularDataset:
     """A deployed site's own CSV, encoded with the shared schema (no server-side split)."""
+    from tasks.tabular import Schema, read_csv
+
     schema = Schema.from_toml(task.schema)
     table = read_csv(path)
     x, y = schema.encode(table, str(path))
@@ -104,6 +112,8 @@ def build_model(
     `private` selects the task's DP-SGD variant where it has one; server and sites both
     know from the run settings whether DP-SGD is on, so they build the same model.
     """
+    from tasks.models import CNN1D, MLP, DigitsCNN
+
     if task_name == "mnist1d":
         return CNN1D(length=num_features, num_classes=num_classes, private=private)
     if task_name == "digits":

@@ -8,11 +8,13 @@ floating-point tensors, in state-dict order, so both sides agree on every coordi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+if TYPE_CHECKING:
+    import torch
 
 PROTOCOL_KEY = "secagg"
 PROTOCOL_ARRAYS_KEY = "secagg-arrays"
@@ -52,6 +54,8 @@ def flatten_update(new: Mapping[str, torch.Tensor], old: Mapping[str, torch.Tens
 
 def apply_update(old: Mapping[str, torch.Tensor], delta: np.ndarray) -> dict[str, torch.Tensor]:
     """old + delta (a vector from `flatten_update`), other tensors unchanged."""
+    import torch
+
     out = dict(old)
     offset = 0
     for key in float_keys(old):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from client.training import poisson_plan
+from client.dp_plan import poisson_plan
 from privacy.accounting import PrivacyEvent, compute_epsilon
 from privacy.errors import FedVaultError
 from simulations.runner import simulate
@@ -64,13 +64,17 @@ def test_three_sites_two_rounds_learn_and_write_a_complete_run_directory(tmp_pat
         "small",
         run={**SMALL, "num-rounds": 2, "fraction-evaluate": 1.0},
         num_sites=3,
-        sites={**NON_PRIVATE, "allow-evaluation": True},
+        sites={**NON_PRIVATE, "allow-evaluation": True, "evaluation-noise-multiplier": 2.0},
     )
     seen = []
     final = simulate(scenario, out, progress=seen.append)
     rounds = metrics(out)
     assert [r["round"] for r in rounds] == [0, 1, 2]
-    assert [r["round"] for r in seen] == [1, 2]
+    assert [r["round"] for r in seen if r.get("kind") != "stage"] == [1, 2]
+    stages = [(r["round"], r["stage"], r["answered"]) for r in seen if r.get("kind") == "stage"]
+    assert stages[:5] == [
+        (1, stage, 3) for stage in ("setup", "share-keys", "masked-input", "consistency", "unmask")
+    ]
     assert rounds[2]["test-accuracy"] > rounds[0]["test-accuracy"] + 0.2
     # The sites' evaluation comes back as DP-noised sums: accuracy within a few points.
     assert final["sites-trained"] == 3 and final["sites-evaluated"] == 3

@@ -9,8 +9,9 @@ import torch
 from flwr.app import RecordDict
 
 from client.budget import SiteBudget
+from client.dp_plan import DpSgd, poisson_plan
 from client.site import make_site
-from client.training import DpSgd, PoissonBatches, poisson_plan, train
+from client.training import PoissonBatches, train
 from privacy.accounting import compute_epsilon
 from privacy.dp_ledger import Reservation, commit, spent_events
 from privacy.randomness import SecureRandom

@@ -193,9 +193,15 @@ def _summary(report: dict[str, Any], inputs: RunInputs) -> dict[str, Any]:
     if secagg["enabled"]:
         totals = secagg["totals"]
         statements.append(
-            "Secure aggregation (SecAgg+, semi-honest: it holds while the server follows the "
-            "protocol) hid each site's update from the server: "
-            f"{totals['rounds'] - totals['aborted']} of {totals['rounds']} rounds aggregated, "
+            (
+                "Secure aggregation (SecAgg+, authenticated: keys and survivor sets signed by "
+                "the sites, so it holds against a server that deviates from the protocol) hid "
+                "each site's update from the server: "
+                if secagg["mode"] == "authenticated"
+                else "Secure aggregation (SecAgg+, semi-honest: it holds only while the server "
+                "follows the protocol) hid each site's update from the server: "
+            )
+            + f"{totals['rounds'] - totals['aborted']} of {totals['rounds']} rounds aggregated, "
             f"{totals['aborted']} aborted, {totals['dropouts']} dropouts."
         )
     else:

@@ -157,12 +157,7 @@ def secure_aggregation(inputs: RunInputs) -> dict[str, Any]:
         )
     return {
         "enabled": enabled,
-        "protocol": "SecAgg+ (Bell et al. 2020): pairwise masks on a random neighbour graph, "
-        "Shamir shares for dropout recovery",
-        "protects": "against a server that follows the protocol (semi-honest): it sees only "
-        "the sum of the sites' updates, never one site's",
-        "does_not_protect": "against a server that substitutes the sites' public keys or "
-        "lies about who dropped out: peer keys are not authenticated in this mode",
+        **_threat_model(bool(config.get("secagg-authenticated"))),
         "parameters": {
             "neighbours": neighbours if neighbours else "O(log n) default",
             "reconstruction_threshold": config.get("secagg-threshold"),
@@ -178,6 +173,33 @@ def secure_aggregation(inputs: RunInputs) -> dict[str, Any]:
             "out_of_range": sum(int(r["out_of_range"] or 0) for r in rounds),
         },
         "transport": _transport(inputs),
+    }
+
+
+def _threat_model(authenticated: bool) -> dict[str, Any]:
+    """What the run's secure aggregation hides, and from whom; docs/secure-aggregation.md."""
+    protocol = (
+        "SecAgg+ (Bell et al. 2020): pairwise masks on a random neighbour graph, Shamir "
+        "shares for dropout recovery"
+    )
+    if authenticated:
+        return {
+            "mode": "authenticated",
+            "protocol": protocol + "; keys and survivor sets signed with the sites' roster "
+            "identities, with a consistency stage (Bonawitz et al. 2017, malicious model)",
+            "protects": "each site's update against a server that deviates from the protocol: "
+            "it sees only the sum, also if it substitutes keys, invents sites or tells sites "
+            "different dropout stories",
+            "does_not_protect": "a site whose neighbours collude with the server beyond the "
+            "threshold; the integrity of the sum against a malicious site; traffic analysis",
+        }
+    return {
+        "mode": "semi-honest",
+        "protocol": protocol,
+        "protects": "each site's update against a server that follows the protocol: it sees "
+        "only the sum",
+        "does_not_protect": "a server that substitutes the sites' keys or lies about who "
+        "dropped out: peer keys are not authenticated in this mode",
     }
 
 
