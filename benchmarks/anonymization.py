@@ -5,7 +5,8 @@ Run from the repository root (pinned to one core):
     python -m benchmarks.anonymization [--rows 100000] [--seed 0]
 
 Table: `rows` synthetic clinic records; quasi-identifiers birth_date (exact day), sex, zip and
-age; sensitive attribute diagnosis; targets k=5, l=2 (distinct), up to 5% suppression.
+age; sensitive attribute diagnosis; targets k=5, l=2 (distinct), up to 5% suppression; every
+other clinic column kept as it is (the anonymizer denies a column without a role).
 The baseline is full-domain generalization (Samarati/Sweeney): every record gets the same
 generalization level per column (birth date: day, month, year, 5/10/20 years, *; age: 1, 5,
 10, 20 years, *; zip: 5..0 digits; sex: exact, *), records in groups that still miss the
@@ -31,25 +32,26 @@ import numpy as np
 import pandas as pd
 
 from privacy.anonymization import anonymize_table, load_policy, parse_policy
-from tasks.clinic import generate_clinic
+from tasks.clinic import CLINIC_COLUMNS, generate_clinic
 
 K, L, MAX_SUPPRESSION = 5, 2, 0.05
 QUASI = ("birth_date", "sex", "zip", "age")
 SHIPPED_POLICY = Path(__file__).resolve().parents[1] / "simulations/scenarios/clinic-policy.toml"
 
+ROLES = {
+    "name": {"role": "identifier", "action": "drop"},
+    "email": {"role": "identifier", "action": "drop"},
+    "phone": {"role": "identifier", "action": "drop"},
+    "national_id": {"role": "identifier", "action": "pseudonymize"},
+    "birth_date": {"role": "quasi", "type": "date"},
+    "sex": {"role": "quasi"},
+    "zip": {"role": "quasi", "type": "zip"},
+    "age": {"role": "quasi", "type": "numeric"},
+    "diagnosis": {"role": "sensitive"},
+}
 POLICY = {
     "targets": {"k": K, "l": L, "max_suppression": MAX_SUPPRESSION},
-    "columns": {
-        "name": {"role": "identifier", "action": "drop"},
-        "email": {"role": "identifier", "action": "drop"},
-        "phone": {"role": "identifier", "action": "drop"},
-        "national_id": {"role": "identifier", "action": "pseudonymize"},
-        "birth_date": {"role": "quasi", "type": "date"},
-        "sex": {"role": "quasi"},
-        "zip": {"role": "quasi", "type": "zip"},
-        "age": {"role": "quasi", "type": "numeric"},
-        "diagnosis": {"role": "sensitive"},
-    },
+    "columns": {name: ROLES.get(name, {"role": "keep"}) for name in CLINIC_COLUMNS},
 }
 
 

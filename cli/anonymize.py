@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from privacy.anonymization import (
 from privacy.anonymization.pseudonymize import KEY_FILE
 from privacy.atomic import atomic_path
 from privacy.errors import FedVaultError
+from privacy.home import fedvault_home
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -50,7 +50,7 @@ def _detect(args: argparse.Namespace) -> int:
 
 def default_state_dir() -> Path:
     """$FEDVAULT_HOME/site, the site state directory when --state-dir is not given."""
-    return Path(os.environ.get("FEDVAULT_HOME") or Path.home() / ".fedvault") / "site"
+    return fedvault_home() / "site"
 
 
 def _anonymize(args: argparse.Namespace) -> int:

@@ -1,22 +1,31 @@
 """`fedvault certs init`: the federation's private CA and the server's TLS certificate.
 
 Run once by the coordinator. Sites receive only `ca.crt`; `ca.key` should then move to
-offline storage, since whoever holds it can impersonate the server.
+offline storage, since whoever holds it can impersonate the server. Both keys are encrypted
+under the coordinator's passphrase; an unencrypted `ca.key` is never written.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from cli.keys import add_passphrase_flag
 from privacy.certs import init_certificates
+from privacy.keystore import require_passphrase
 
 
 def _init(args: argparse.Namespace) -> int:
-    paths = init_certificates(args.out, args.server_name, args.ip, force=args.force)
+    passphrase = require_passphrase(args.passphrase_file, "the CA key (it is never stored plain)")
+    paths = init_certificates(
+        args.out, args.server_name, args.ip, force=args.force, passphrase=passphrase
+    )
     print(f"CA certificate:     {paths.ca_cert}  (give this file to every site)")
-    print(f"CA key:             {paths.ca_key}  (0600; keep offline once the server is set up)")
+    print(
+        f"CA key:             {paths.ca_key}  (0600, encrypted; keep offline once the server "
+        "is set up)"
+    )
     print(f"server certificate: {paths.server_cert}")
-    print(f"server key:         {paths.server_key}  (0600)")
+    print(f"server key:         {paths.server_key}  (0600, encrypted)")
     return 0
 
 
@@ -34,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Create a private CA (ca.crt, ca.key) and a server certificate "
         "(server.crt, server.key) signed by it, all ECDSA P-384. The certificate names "
         "--server-name, every --ip, and always localhost and 127.0.0.1 (the server's own "
-        "processes connect over loopback). Private keys are written with mode 0600.",
+        "processes connect over loopback). Private keys are written with mode 0600 and "
+        "encrypted under the passphrase (PKCS#8); there is no way to write ca.key unencrypted.",
     )
     init.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
     init.add_argument(
@@ -55,4 +65,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace an existing CA (every site must then receive the new ca.crt)",
     )
+    add_passphrase_flag(init, "encrypts ca.key and server.key")
     init.set_defaults(func=_init)

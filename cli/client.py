@@ -2,7 +2,10 @@
 
 The first start names the server, CA, key and (optionally) data, policy and budget; they
 are saved in STATE_DIR (site.toml, supernode.toml), so later starts need only --state-dir.
-Values given on the command line replace saved ones.
+Values given on the command line replace saved ones. The site's keys stay encrypted on disk:
+the SuperNode reads a decrypted copy of the node key that is removed as soon as it has read
+it, and the ClientApp processes (which sign with the node key and read the site's secrets)
+find the passphrase in the environment they inherit from the SuperNode.
 """
 
 from __future__ import annotations
@@ -14,24 +17,30 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from cli.processes import Child, Supervisor, check_port_free, executable, flower_env
+from cryptography.hazmat.primitives.serialization import PrivateFormat
+
+from cli.keys import add_passphrase_flag, warn_unencrypted
+from cli.processes import Child, Supervisor, check_port_free, executable, flower_env, listening
 from client.approval import approved_builds
 from client.site import DEFAULT_DELTA, DEFAULT_EVALUATION_NOISE, DEFAULT_MAX_EPSILON, SITE_KEYS
 from client.supernode import (
     CONNECTED_MARK,
     DEFAULT_CLIENT_PORT,
+    DEFAULT_THREADS,
     REJECTED_MARKS,
     keep_roster,
-    key_fingerprint,
     resolve_site_settings,
     site_roster,
     supernode_command,
+    supernode_env,
     write_clientapp_launcher,
     write_node_config,
     write_site_settings,
 )
+from privacy.certs import fingerprint as key_fingerprint
 from privacy.certs import verify_tls_server
 from privacy.errors import FedVaultError
+from privacy.keystore import find_passphrase, load_secret, passphrase_env
 
 CONNECT_TIMEOUT_S = 600.0
 SITE_FLAGS = (
@@ -65,19 +74,40 @@ def _rejected(fingerprint: str) -> Callable[[Child], FedVaultError]:
     return explain
 
 
+def _raw_secrets(state_dir: Path) -> list[tuple[Path, str]]:
+    """The site's 32-byte secrets, which its ClientApp creates when it first needs them."""
+    from client.data import SPLIT_KEY_FILE
+    from privacy.anonymization.pseudonymize import KEY_FILE
+
+    return [(state_dir / SPLIT_KEY_FILE, "split key"), (state_dir / KEY_FILE, "pseudonym key")]
+
+
 def _client(args: argparse.Namespace) -> int:
+    passphrase = find_passphrase(args.passphrase_file)
     state_dir = Path(args.state_dir).resolve()
     site = {key: getattr(args, key.replace("-", "_")) for key in SITE_FLAGS}
     settings = resolve_site_settings(
-        state_dir, site, server=args.server, ca=args.ca, key=args.key, port=args.port
+        state_dir,
+        site,
+        passphrase=passphrase,
+        server=args.server,
+        ca=args.ca,
+        key=args.key,
+        port=args.port,
+        threads=args.threads,
     )
     settings = replace(settings, site={**settings.site, "identity-key": settings.key})
-    identity, roster = site_roster(state_dir, args.roster, settings.key)
+    identity, roster = site_roster(state_dir, args.roster, settings.key, passphrase)
+    raw_secrets = _raw_secrets(state_dir)
+    for path, what in raw_secrets:  # a wrong passphrase fails here, not in the first round
+        if path.exists():
+            load_secret(path, what, passphrase)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keep_roster(state_dir, roster)
     write_site_settings(state_dir, settings)
     node_config = write_node_config(state_dir)
-    fingerprint = key_fingerprint(settings)
+    fingerprint = key_fingerprint(identity.private_key.public_key())
+    warn_unencrypted([(Path(settings.key), "node key"), *raw_secrets], passphrase)
     approved = approved_builds(state_dir)
     if not approved:
         print(
@@ -89,12 +119,26 @@ def _client(args: argparse.Namespace) -> int:
     if not verify_tls_server(settings.server, settings.ca):
         print(f"fedvault: {settings.server} not reachable yet; retrying", flush=True)
     check_port_free("127.0.0.1", settings.port)
-    env = flower_env(state_dir / "flwr")
+    env = supernode_env(settings, flower_env(state_dir / "flwr"))
     launcher = write_clientapp_launcher(state_dir, sys.executable)
     env["PATH"] = os.pathsep.join([str(launcher), env["PATH"]])
-    command = supernode_command(settings, node_config, executable("flower-supernode"))
+    env.update(passphrase_env(args.passphrase_file))
     with Supervisor() as supervisor:
+        key_file = supervisor.key_file(
+            Path(settings.key), "node key", passphrase, PrivateFormat.OpenSSH, state_dir
+        )
+        command = supernode_command(settings, node_config, executable("flower-supernode"), key_file)
         node = supervisor.start("supernode", command, env)
+        # Flower reads the key once, while parsing its arguments, before it opens its local
+        # ClientApp API port; it keeps the key in memory across reconnections.
+        supervisor.wait_until(
+            node,
+            lambda: listening("127.0.0.1", settings.port),
+            args.connect_timeout,
+            f"its local ClientApp API on port {settings.port}",
+            on_exit=_rejected(fingerprint),
+        )
+        supervisor.remove_key_files()
         supervisor.wait_until(
             node,
             lambda: any(CONNECTED_MARK in line for line in node.output()),
@@ -139,6 +183,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--server", metavar="HOST:PORT", help="the server's site address")
     parser.add_argument("--ca", metavar="CA_CERT", help="the federation's ca.crt")
     parser.add_argument("--key", metavar="KEY", help="private key from `fedvault keys new`")
+    add_passphrase_flag(
+        parser, "decrypts the node key and the site's secrets, and encrypts new ones"
+    )
     parser.add_argument(
         "--roster",
         metavar="ROSTER",
@@ -222,6 +269,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PORT",
         help=f"local port for Flower's ClientApp API (default {DEFAULT_CLIENT_PORT}; "
         "one per site on a shared machine)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=f"torch threads of each ClientApp process (default {DEFAULT_THREADS}: several "
+        "sites or other work on one machine; up to the cores of a machine the site has alone)",
     )
     parser.add_argument(
         "--connect-timeout",

@@ -9,6 +9,12 @@ If this process itself is killed outright (SIGKILL, OOM killer), nothing can run
 each direct child is then sent SIGKILL by the kernel (Linux parent-death signal), and
 Flower's own helpers notice their vanished parent, so no SuperLink or nginx keeps holding
 the ports. Children's output is streamed line by line with a name prefix.
+
+Flower's SuperLink and SuperNode, and nginx, read their private keys from files and know no
+passphrase. The supervisor hands them decrypted copies (`key_file`) in a private directory,
+on a memory file system where there is one, and removes them once the children have read
+them (`remove_key_files`, after readiness) or, at the latest, when it stops, whatever the
+reason (an error, Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -29,8 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from cryptography.hazmat.primitives import serialization
+
 from privacy.certs import format_address
 from privacy.errors import FedVaultError
+from privacy.keystore import unencrypted_copy
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -43,6 +53,9 @@ FLOWER_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "PYTHONUNBUFFERED": "1",
 }
+MEMORY_DIRS = ("/dev/shm",)
+"""Tried after $XDG_RUNTIME_DIR for decrypted key copies: memory, never written to a disk."""
+KEY_DIR_PREFIX = "fedvault-keys-"
 
 
 def executable(name: str) -> str:
@@ -81,6 +94,31 @@ def check_port_free(host: str, port: int) -> None:
             raise FedVaultError(
                 f"cannot listen on {format_address(host, port)}: {exc.strerror}"
             ) from None
+
+
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on `host:port`."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def private_key_dir(fallback: Path) -> Path:
+    """A new directory only this user may enter (0700): under $XDG_RUNTIME_DIR or /dev/shm,
+    memory file systems, where one is writable; else under `fallback` (a state directory)."""
+    bases = [os.environ.get("XDG_RUNTIME_DIR", ""), *MEMORY_DIRS]
+    for base in bases:
+        if base and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            return Path(tempfile.mkdtemp(prefix=KEY_DIR_PREFIX, dir=base))
+    try:
+        fallback.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return Path(tempfile.mkdtemp(prefix=f".{KEY_DIR_PREFIX}", dir=fallback))
+    except OSError as exc:
+        raise FedVaultError(
+            f"cannot create a private directory in {fallback}: {exc.strerror}"
+        ) from None
 
 
 def _proc_stat(pid: int) -> tuple[int, str, int] | None:
@@ -187,6 +225,7 @@ class Supervisor:
         self.children: list[Child] = []
         self._out_lock = threading.Lock()
         self._previous: dict[int, object] = {}
+        self._key_dir: Path | None = None
 
     def __enter__(self) -> Supervisor:
         become_subreaper()
@@ -197,10 +236,42 @@ class Supervisor:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self.stop()
+            try:
+                self.remove_key_files()
+            finally:
+                self.stop()
         finally:
             for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
+
+    def key_file(
+        self,
+        path: Path,
+        what: str,
+        passphrase: bytes | None,
+        plain_format: serialization.PrivateFormat,
+        fallback: Path,
+    ) -> Path:
+        """Where a child that knows no passphrase reads the key at `path`: the file itself if
+        it is stored unencrypted, else a decrypted copy (0600, in `private_key_dir(fallback)`)
+        that lives until `remove_key_files`, or until this supervisor exits."""
+        data = unencrypted_copy(path, what, passphrase, plain_format)
+        if data is None:
+            return path
+        if self._key_dir is None:
+            self._key_dir = private_key_dir(fallback)
+        copy = self._key_dir / path.name
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return copy
+
+    def remove_key_files(self) -> None:
+        """Remove every decrypted key copy: call it once every child that reads one is ready
+        (it has read it then and never reads it again)."""
+        if self._key_dir is not None:
+            shutil.rmtree(self._key_dir)
+            self._key_dir = None
 
     def _pump(self, child: Child) -> None:
         assert child.process.stdout is not None

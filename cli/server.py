@@ -1,7 +1,10 @@
 """`fedvault server` (the SuperLink behind a Fleet-only proxy), `register` and `unregister`.
 
 `server` runs in the foreground like a service: it streams the logs of what it started,
-and on Ctrl-C or SIGTERM stops all of it (see cli/processes.py).
+and on Ctrl-C or SIGTERM stops all of it (see cli/processes.py). Its keys stay encrypted on
+disk: the SuperLink and nginx read a decrypted copy of server.key that is removed once both
+are ready, and the ServerApp, which signs each run's report, finds the passphrase in the
+environment it inherits from the SuperLink.
 """
 
 from __future__ import annotations
@@ -10,8 +13,12 @@ import argparse
 import json
 import sys
 
+from cryptography.hazmat.primitives.serialization import PrivateFormat
+
+from cli.keys import add_passphrase_flag, warn_unencrypted
 from cli.processes import Supervisor, check_port_free, executable, flower_env
 from privacy.certs import LOOPBACK_IPS
+from privacy.keystore import PASSPHRASE_VARIABLES, find_passphrase, passphrase_env
 from server.superlink import (
     DEFAULT_CONTROL_PORT,
     DEFAULT_PORT,
@@ -32,26 +39,51 @@ READY_TIMEOUT_S = 90.0
 
 
 def _server(args: argparse.Namespace) -> int:
+    from privacy.report.signing import default_signing_key, load_or_create_signing_key
+
+    passphrase = find_passphrase(args.passphrase_file)
     settings = prepare_server(
-        args.certs, args.state_dir, args.host, args.port, args.control_port, not args.no_proxy
+        args.certs,
+        args.state_dir,
+        args.host,
+        args.port,
+        args.control_port,
+        not args.no_proxy,
+        passphrase,
+    )
+    signing_key = default_signing_key()
+    if signing_key.exists():  # a wrong passphrase fails here, not when a run ends
+        load_or_create_signing_key(signing_key, passphrase)
+    certs = settings.certs
+    warn_unencrypted(
+        [(certs.server_key, "server key"), (certs.ca_key, "CA key"), (signing_key, "signing key")],
+        passphrase,
     )
     check_port_free(LOOPBACK, settings.control_port)
     if settings.proxy:
         check_port_free(settings.host, settings.port)
     env = flower_env(settings.state_dir / "flwr")
+    proxy_env = {name: value for name, value in env.items() if name not in PASSPHRASE_VARIABLES}
     env[TRANSPORT_ENV] = json.dumps(transport_record(settings))
+    env.update(passphrase_env(args.passphrase_file))
     with Supervisor() as supervisor:
+        key_file = supervisor.key_file(
+            certs.server_key, "server key", passphrase, PrivateFormat.PKCS8, settings.state_dir
+        )
         superlink = supervisor.start(
-            "superlink", superlink_command(settings, executable("flower-superlink")), env
+            "superlink", superlink_command(settings, executable("flower-superlink"), key_file), env
         )
         supervisor.wait_until(
             superlink, lambda: superlink_ready(settings), args.ready_timeout, "readiness"
         )
         if settings.proxy:
-            proxy = supervisor.start("proxy", nginx_command(settings), env)
+            proxy = supervisor.start("proxy", nginx_command(settings, key_file), proxy_env)
             supervisor.wait_until(
                 proxy, lambda: proxy_ready(settings), args.ready_timeout, "proxied Fleet API"
             )
+        # Flower reads --ssl-keyfile at start-up only (its argument parser and uvicorn's TLS
+        # set-up, both before it answers); nginx reads its key when it starts.
+        supervisor.remove_key_files()
         record = write_server_record(settings)
         print(
             f"fedvault: server ready, listening for sites on {settings.fleet_address}; "
@@ -152,6 +184,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_CONTROL_PORT,
         help="loopback-only port of the SuperLink itself: Control API for runs and "
         "registrations (default: %(default)s)",
+    )
+    add_passphrase_flag(
+        server, "decrypts server.key and the report signing key, and encrypts a new one"
     )
     server.add_argument(
         "--no-proxy",

@@ -21,7 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.budget import SiteBudget
-from client.data import prepare
+from client.data import prepare, training_records
 from client.request import (
     EVALUATE,
     PLAIN_TRAIN,
@@ -81,8 +81,8 @@ def secagg_handler(msg: Message, context: Context) -> Message:
         )
         extra: dict = {}
         if stage == m.SETUP and request.settings.dp:
-            work = prepare(request, site)
-            _, event = budget.plan_training(request.server_round, len(work.data.y_train))
+            records = training_records(request, site, context.state)
+            _, event = budget.plan_training(request.server_round, records)
             budget.dry_run(event, request.server_round)
         try:
             if stage == m.MASKED_INPUT:

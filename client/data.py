@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from flwr.app import ConfigRecord, RecordDict
 
 from client.request import SiteRequest
 from client.site import Site
@@ -136,6 +138,39 @@ def prepare(request: SiteRequest, site: Site) -> SiteRound:
         table, anonymization = released_table(task, site, partition)
     data = load_site_data(task, site, partition, table)
     return SiteRound(request, site, data, anonymization)
+
+
+RECORDS_KEY = "train-records"
+
+
+def training_records(request: SiteRequest, site: Site, state: RecordDict) -> int:
+    """How many training rows the site holds, for setup's early budget check.
+
+    Counting them means reading, cleansing and anonymizing the table in a fresh ClientApp
+    process (seconds, every round), so the count is kept in the site's own run context while
+    the source is unchanged: same task, partition and site settings, and the same size and
+    modification time of the data, policy and split key files. No guarantee rests on it:
+    masked input loads the rows itself and reserves the cost on their real count.
+    """
+    cached = state.get(RECORDS_KEY)
+    if isinstance(cached, ConfigRecord) and cached.get("key") == _source_key(request, site):
+        return int(cached["records"])
+    records = len(prepare(request, site).data.y_train)
+    # Keyed after loading: the first load may create the split key.
+    state[RECORDS_KEY] = ConfigRecord({"key": _source_key(request, site), "records": records})
+    return records
+
+
+def _source_key(request: SiteRequest, site: Site) -> str:
+    """A digest of everything the site's training rows are made from."""
+    stamps = []
+    for source in (site.data_path, site.policy_path, str(site.state_dir / SPLIT_KEY_FILE)):
+        path = Path(source)
+        if source and path.exists():
+            info = path.stat()
+            stamps.append((source, info.st_size, info.st_mtime_ns))
+    described = repr((request.settings.task, request.settings.partition, site, stamps))
+    return hashlib.sha256(described.encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=8)

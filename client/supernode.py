@@ -6,13 +6,13 @@ them across restarts: `site.toml` (data, policy, budget, privacy floor: the keys
 client/site.py validates) and `supernode.toml` (how to reach the server: address, CA, key,
 local port). The SuperNode's node config, written to `node-config.toml` (Flower reads a
 `.toml` path given to `--node-config`, so no path is ever quoted on a command line), names
-only the state directory.
+only the state directory. The node key may be encrypted (privacy/keystore.py): every read
+here takes the passphrase, and the SuperNode itself is given a decrypted copy.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +22,16 @@ import tomli_w
 
 from client.site import SITE_FILE, read_site_file, site_settings
 from privacy.atomic import atomic_write_text
-from privacy.certs import fingerprint, load_certificate, load_node_private_key, parse_address
+from privacy.certs import load_certificate, load_node_private_key, parse_address
 from privacy.errors import FedVaultError
 from privacy.identity import ROSTER_FILE, Identity, Roster
 
 CONNECTION_FILE = "supernode.toml"
 NODE_CONFIG_FILE = "node-config.toml"
 DEFAULT_CLIENT_PORT = 9094
+DEFAULT_THREADS = 1
+TASK_POLL_INTERVAL_S = "0.05"
+"""How often the SuperNode's SuperExec looks for a task (Flower's default is 1 s per stage)."""
 CONNECTED_MARK = "SuperNode ID:"
 REJECTED_MARKS = ("Failed to activate SuperNode", "All SuperNodes must be registered")
 
@@ -44,10 +47,11 @@ class SiteSettings:
     ca: str
     key: str
     port: int = DEFAULT_CLIENT_PORT
+    threads: int = DEFAULT_THREADS
     site: dict[str, Any] = field(default_factory=dict)
 
 
-CONNECTION_FIELDS = ("server", "ca", "key", "port")
+CONNECTION_FIELDS = ("server", "ca", "key", "port", "threads")
 PATH_KEYS = {"data-path": "data file", "policy-path": "policy file"}
 
 
@@ -83,21 +87,18 @@ def _existing_file(value: str, what: str) -> str:
     return str(path)
 
 
-def _check_private(path: str) -> None:
-    mode = stat.S_IMODE(Path(path).stat().st_mode)
-    if mode & 0o077:
-        raise FedVaultError(
-            f"node key {path} is accessible by other users (mode {mode:04o}); run chmod 600 on it"
-        )
-
-
 def resolve_site_settings(
-    state_dir: Path, site: dict[str, Any] | None = None, **connection: object
+    state_dir: Path,
+    site: dict[str, Any] | None = None,
+    *,
+    passphrase: bytes | None = None,
+    **connection: object,
 ) -> SiteSettings:
     """Merge command-line values over the saved ones and validate the result.
 
     `connection` holds server, ca, key and port; `site` holds site keys (`data-path`,
-    `max-epsilon`, ...). None means "not given, keep the saved value".
+    `max-epsilon`, ...). None means "not given, keep the saved value". The node key must
+    open (under `passphrase`, else the environment's) and be the owner's alone.
     """
     saved_connection, saved_site = read_site_settings(state_dir)
     merged = {**saved_connection, **{k: v for k, v in connection.items() if v is not None}}
@@ -115,16 +116,37 @@ def resolve_site_settings(
     port = merged.get("port", DEFAULT_CLIENT_PORT)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise FedVaultError(f"--port must be between 1 and 65535, got {port!r}")
+    threads = merged.get("threads", DEFAULT_THREADS)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 < threads <= 1024:
+        raise FedVaultError(f"--threads must be between 1 and 1024, got {threads!r}")
     parse_address(str(merged["server"]))
     ca = _existing_file(str(merged["ca"]), "CA certificate")
     load_certificate(ca, "CA certificate")
     key = _existing_file(str(merged["key"]), "node key")
-    load_node_private_key(key)
-    _check_private(key)
-    return SiteSettings(str(merged["server"]), ca, key, port, keys)
+    load_node_private_key(key, passphrase)
+    return SiteSettings(str(merged["server"]), ca, key, port, threads, keys)
 
 
-def site_roster(state_dir: Path, roster: str | None, key: str) -> tuple[Identity, Path]:
+def supernode_env(settings: SiteSettings, env: dict[str, str]) -> dict[str, str]:
+    """`env` for the SuperNode, whose SuperExec and ClientApp processes inherit it.
+
+    Each message a site answers is a fresh ClientApp process: the SuperExec looks for it
+    every TASK_POLL_INTERVAL_S (unless the operator set FLWR_SUPEREXEC_TASK_POLL_INTERVAL),
+    and torch gets the site's thread count, since torch's default of one thread per core
+    oversubscribes a machine that runs several sites or other work.
+    """
+    threads = str(settings.threads)
+    return {
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": TASK_POLL_INTERVAL_S,
+        **env,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+    }
+
+
+def site_roster(
+    state_dir: Path, roster: str | None, key: str, passphrase: bytes | None = None
+) -> tuple[Identity, Path]:
     """The site's identity under the given roster (or its saved copy), and that roster file.
 
     Without a roster there is no authenticated secure aggregation and no name for the site,
@@ -136,7 +158,7 @@ def site_roster(state_dir: Path, roster: str | None, key: str) -> tuple[Identity
             "this site has no roster: pass --roster ROSTER, the federation roster from the "
             "coordinator (check every fingerprint in it with its site, as for ca.crt)"
         )
-    return Identity.of(load_node_private_key(key), Roster.load(source)), source
+    return Identity.of(load_node_private_key(key, passphrase), Roster.load(source)), source
 
 
 def keep_roster(state_dir: Path, source: Path) -> None:
@@ -159,11 +181,6 @@ def write_clientapp_launcher(state_dir: Path, python: str) -> Path:
     return folder
 
 
-def key_fingerprint(settings: SiteSettings) -> str:
-    """The SHA256 fingerprint of the site's public key (what the coordinator registered)."""
-    return fingerprint(load_node_private_key(settings.key).public_key())
-
-
 def node_config(state_dir: Path) -> dict[str, object]:
     """The node config the ClientApp receives: only where the site's state lives.
 
@@ -180,13 +197,19 @@ def write_node_config(state_dir: Path) -> Path:
     return path
 
 
-def supernode_command(settings: SiteSettings, node_config_path: Path, executable: str) -> list[str]:
-    """`flower-supernode` with TLS, node authentication and the site's node config."""
+def supernode_command(
+    settings: SiteSettings, node_config_path: Path, executable: str, key_file: Path
+) -> list[str]:
+    """`flower-supernode` with TLS, node authentication and the site's node config.
+
+    `key_file` is the node key as the SuperNode reads it: unencrypted OpenSSH (a decrypted
+    copy of an encrypted key, see cli/processes.py).
+    """
     return [
         executable,
         "--superlink", settings.server,
         "--root-certificates", settings.ca,
-        "--auth-supernode-private-key", settings.key,
+        "--auth-supernode-private-key", str(key_file),
         "--node-config", str(node_config_path),
         "--host", "127.0.0.1",
         "--port", str(settings.port),

@@ -4,7 +4,8 @@ TLS lets a site know it talks to the real server (the CA is private to the feder
 no public CA can vouch for an impostor). Node-authentication key pairs let the server know
 which site is connecting: each site keeps its private key, the coordinator registers the
 public key. Everything is ECDSA P-384, the curve Flower's node authentication uses. Private
-keys are written 0600 and atomically; existing identities are never replaced silently.
+keys are written 0600 and atomically, encrypted under the party's passphrase
+(privacy/keystore.py); existing identities are never replaced silently.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import ipaddress
 import os
 import socket
 import ssl
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +27,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from privacy import keystore
 from privacy.atomic import atomic_write_bytes
 from privacy.errors import FedVaultError
+from privacy.keystore import check_private_file, private_key_bytes
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -209,14 +211,6 @@ def issue_server_certificate(
     return key, cert
 
 
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -239,11 +233,16 @@ def init_certificates(
     server_name: str,
     ips: Sequence[str] = (),
     force: bool = False,
+    passphrase: bytes | None = None,
 ) -> CertificatePaths:
     """Create a CA and a server certificate for `server_name` (+ `ips`) in `out_dir`.
 
-    Refuses to replace an existing CA unless `force`: replacing it locks out every site that
-    trusts the old one.
+    Both keys are encrypted under `passphrase`. The CA key is never stored unencrypted:
+    whoever reads it can mint a certificate for any name. Without a passphrase the CA is a
+    throwaway one (as for a SuperNode's Runtime API): its key is sealed under random bytes
+    nobody keeps, so it can sign nothing more, and the server key is unencrypted for the one
+    process that reads it. Refuses to replace an existing CA unless `force`: replacing it
+    locks out every site that trusts the old one.
     """
     paths = CertificatePaths(Path(out_dir))
     subject_alt_names(server_name, ips)
@@ -256,11 +255,12 @@ def init_certificates(
         )
     ca_key, ca_cert = create_ca()
     server_key, server_cert = issue_server_certificate(ca_key, ca_cert, server_name, ips)
+    ca_passphrase = passphrase if passphrase is not None else os.urandom(32)
     paths.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     _write_all(
         [
-            (paths.ca_key, _private_pem(ca_key), 0o600),
-            (paths.server_key, _private_pem(server_key), 0o600),
+            (paths.ca_key, private_key_bytes(ca_key, ca_passphrase), 0o600),
+            (paths.server_key, private_key_bytes(server_key, passphrase), 0o600),
             (paths.server_cert, _cert_pem(server_cert), 0o644),
             (paths.ca_cert, _cert_pem(ca_cert), 0o644),
         ]
@@ -287,17 +287,11 @@ def load_certificate(path: str | os.PathLike[str], what: str = "certificate") ->
 
 
 def load_private_key(
-    path: str | os.PathLike[str], what: str = "private key"
+    path: str | os.PathLike[str], what: str = "private key", passphrase: bytes | None = None
 ) -> ec.EllipticCurvePrivateKey:
-    """Read an unencrypted EC private key in PEM or OpenSSH format."""
-    data = _read(Path(path), what)
-    try:
-        if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
-            key = serialization.load_ssh_private_key(data, password=None)
-        else:
-            key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise FedVaultError(f"{what} {path} is not an unencrypted private key") from None
+    """Read an EC private key (PEM or OpenSSH; encrypted: passphrase given or from the
+    environment)."""
+    key = keystore.load_private_key(path, what, passphrase)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise FedVaultError(f"{what} {path} is not an EC key")
     return key
@@ -325,36 +319,25 @@ def verify_server_certificate(
         raise FedVaultError("the server key does not match the server certificate")
 
 
-def check_server_certificates(directory: str | os.PathLike[str]) -> CertificatePaths:
+def check_server_certificates(
+    directory: str | os.PathLike[str], passphrase: bytes | None = None
+) -> CertificatePaths:
     """Validate the files a server needs (ca.crt, server.crt, server.key) in `directory`.
 
     The private keys there must be the owner's alone: whoever reads `server.key` can pose as
     the server, whoever reads `ca.key` can mint a certificate for any name. `ca.key` is not
-    needed to serve (it belongs offline), but if it is still here it is checked too.
+    needed to serve (it belongs offline), but if it is still here its mode is checked too.
     """
     paths = CertificatePaths(Path(directory))
     if not paths.directory.is_dir():
         raise FedVaultError(f"certificate directory not found: {paths.directory}")
     ca = load_certificate(paths.ca_cert, "CA certificate")
     cert = load_certificate(paths.server_cert, "server certificate")
-    key = load_private_key(paths.server_key, "server key")
+    key = load_private_key(paths.server_key, "server key", passphrase)
     verify_server_certificate(ca, cert, key)
-    check_private_file(paths.server_key, "server key")
     if paths.ca_key.exists():
         check_private_file(paths.ca_key, "CA key")
     return paths
-
-
-def check_private_file(path: Path, what: str) -> None:
-    """Refuse a private key file that users other than its owner can read or write."""
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError as exc:
-        raise FedVaultError(f"cannot read {what} {path}: {exc.strerror}") from None
-    if mode & 0o077:
-        raise FedVaultError(
-            f"{what} {path} is accessible by other users (mode {mode:04o}); run chmod 600 on it"
-        )
 
 
 def certificate_ips(cert: x509.Certificate) -> list[str]:
@@ -393,23 +376,25 @@ def load_node_public_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePublic
     return key
 
 
-def load_node_private_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey:
-    """Read a site's node-authentication private key (OpenSSH format, EC P-384)."""
-    data = _read(Path(path), "node key")
-    try:
-        key = serialization.load_ssh_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise FedVaultError(
-            f"node key {path} is not an unencrypted OpenSSH private key "
-            "(create one with `fedvault keys new`)"
-        ) from None
+def load_node_private_key(
+    path: str | os.PathLike[str], passphrase: bytes | None = None
+) -> ec.EllipticCurvePrivateKey:
+    """Read a site's node-authentication private key (EC P-384; encrypted PKCS#8 or
+    unencrypted OpenSSH, as `new_node_key_pair` writes it)."""
+    key = keystore.load_private_key(path, "node key", passphrase)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, CURVE):
         raise FedVaultError(f"node key {path} is not an EC P-384 key")
     return key
 
 
-def new_node_key_pair(out: str | os.PathLike[str], force: bool = False) -> NodeKeyPair:
-    """Create a site's key pair: `out` (private, OpenSSH, 0600) and `out`.pub (OpenSSH)."""
+def new_node_key_pair(
+    out: str | os.PathLike[str], force: bool = False, passphrase: bytes | None = None
+) -> NodeKeyPair:
+    """Create a site's key pair: `out` (private, 0600) and `out`.pub (OpenSSH).
+
+    The private key is encrypted under `passphrase` (PKCS#8), or, without one, unencrypted
+    OpenSSH, which Flower's SuperNode reads as it is (a simulated site, a Kubernetes Secret).
+    """
     private_path = Path(out)
     public_path = private_path.with_name(private_path.name + ".pub")
     if private_path.is_dir():
@@ -417,11 +402,7 @@ def new_node_key_pair(out: str | os.PathLike[str], force: bool = False) -> NodeK
     if not force and (private_path.exists() or public_path.exists()):
         raise FedVaultError(f"{private_path} already exists; pass --force to replace it")
     key = ec.generate_private_key(CURVE())
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
+    private = private_key_bytes(key, passphrase, serialization.PrivateFormat.OpenSSH)
     public = openssh_public_key(key.public_key()) + b" fedvault-node\n"
     _write_all([(private_path, private, 0o600), (public_path, public, 0o644)])
     return NodeKeyPair(private_path, public_path, fingerprint(key.public_key()))

@@ -93,9 +93,11 @@ def prepare_server(
     port: int = DEFAULT_PORT,
     control_port: int = DEFAULT_CONTROL_PORT,
     proxy: bool = True,
+    passphrase: bytes | None = None,
 ) -> ServerSettings:
-    """Validate certificates and tools; create the state dir; return the settings."""
-    certs = check_server_certificates(Path(certs_dir).resolve())
+    """Validate certificates (the server key decrypted under `passphrase`, else the
+    environment's, if encrypted) and tools; create the state dir; return the settings."""
+    certs = check_server_certificates(Path(certs_dir).resolve(), passphrase)
     settings = ServerSettings(certs, Path(state_dir).resolve(), host, port, control_port, proxy)
     if proxy and shutil.which("nginx", path=_nginx_search_path()) is None:
         raise FedVaultError(
@@ -124,14 +126,18 @@ def _nginx_search_path() -> str:
     return os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
 
 
-def superlink_command(settings: ServerSettings, executable: str) -> list[str]:
-    """`flower-superlink` with TLS, node authentication, a database, loopback only."""
+def superlink_command(settings: ServerSettings, executable: str, key_file: Path) -> list[str]:
+    """`flower-superlink` with TLS, node authentication, a database, loopback only.
+
+    `key_file` is the server key as the SuperLink can read it: unencrypted (a decrypted copy
+    of an encrypted server.key, see cli/processes.py).
+    """
     certs = settings.certs
     return [
         executable,
         "--ssl-ca-certfile", str(certs.ca_cert),
         "--ssl-certfile", str(certs.server_cert),
-        "--ssl-keyfile", str(certs.server_key),
+        "--ssl-keyfile", str(key_file),
         "--enable-supernode-auth",
         "--database", str(settings.state_dir / "superlink.db"),
         "--disable-runtime-dependency-installation",
@@ -140,8 +146,12 @@ def superlink_command(settings: ServerSettings, executable: str) -> list[str]:
     ]  # fmt: skip
 
 
-def nginx_config(settings: ServerSettings) -> str:
-    """An nginx config that exposes only the Fleet API of the loopback SuperLink."""
+def nginx_config(settings: ServerSettings, key_file: Path) -> str:
+    """An nginx config that exposes only the Fleet API of the loopback SuperLink.
+
+    `key_file` is the unencrypted server key, which nginx reads once at start (and on a
+    reload, which FedVault never asks for).
+    """
     proxy_dir = settings.proxy_dir
     certs = settings.certs
     listen = format_address(settings.host, settings.port)
@@ -168,7 +178,7 @@ http {{
     server {{
         listen {listen} ssl;
         ssl_certificate {certs.server_cert};
-        ssl_certificate_key {certs.server_key};
+        ssl_certificate_key {key_file};
         ssl_protocols TLSv1.2 TLSv1.3;
         client_max_body_size {MAX_REQUEST_BODY};
         location ~ {FLEET_LOCATION} {{
@@ -194,14 +204,14 @@ http {{
 """
 
 
-def nginx_command(settings: ServerSettings) -> list[str]:
+def nginx_command(settings: ServerSettings, key_file: Path) -> list[str]:
     """Write the proxy config under the state dir; the nginx command line that uses it."""
     nginx = shutil.which("nginx", path=_nginx_search_path())
     if nginx is None:
         raise FedVaultError("nginx not found: install it (Debian: apt-get install nginx)")
     (settings.proxy_dir / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
     config = settings.proxy_dir / "nginx.conf"
-    atomic_write_text(config, nginx_config(settings), mode=0o600)
+    atomic_write_text(config, nginx_config(settings, key_file), mode=0o600)
     return [nginx, "-p", str(settings.proxy_dir), "-c", str(config), "-g", "daemon off;"]
 
 

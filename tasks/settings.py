@@ -28,19 +28,19 @@ class RunSettings:
 
     task: TaskSettings = field(default_factory=TaskSettings)
     partition: str = "iid"
-    num_rounds: int = 8
+    num_rounds: int = 10
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     min_sites: int = 2
     local_epochs: int = 2
     batch_size: int = 32
     learning_rate: float = 0.05
-    momentum: float = 0.0
+    momentum: float = 0.9
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_learning_rate: float = 0.01
     round_timeout: float = 600.0
-    out: str = "runs/latest"
+    out: str = "runs/flwr-run"
     dp: bool = False
     noise_multiplier: float = 0.0
     target_epsilon: float = 0.0
@@ -68,7 +68,7 @@ class RunSettings:
     client_max_epsilon: float = 0.0
     client_delta: float = 1e-5
     client_accountant: str = "rdp"
-    sites_root: str = ""
+    sites_root: str = "runs/flwr-run/sites"
     roster: str = ""
     resume_run_id: str = ""
 

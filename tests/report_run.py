@@ -1,27 +1,33 @@
 """Builds small run directories laid out as a FedVault run writes them, for the report tests.
 
 Site ledgers get reserved and committed spending through `privacy.dp_ledger`, and the run
-ledger gets the
-"site_round" summaries a site sends (epsilon computed from its whole history, as
-client/budget.py does), so the report sees exactly the formats of a real run, in seconds.
+ledger gets the "site_round" summaries a site sends (epsilon computed from its whole history,
+as client/budget.py does), so the report sees exactly the formats of a real run, in seconds.
+With `schedules`, sites share noise levels (site i trains like site i % schedules), which is
+how a 100-site run stays fast to build: equal histories are accounted once.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import tomllib
 from pathlib import Path
 
+import pandas as pd
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from privacy.accounting import PrivacyEvent, compute_epsilon
+from privacy.anonymization import anonymize_table, parse_policy
 from privacy.certs import CURVE
 from privacy.dp_ledger import Reservation, commit, reserve, spent_events
 from privacy.identity import ROSTER_FILE, encode_signature, ledger_head_bytes, write_roster
 from privacy.ledger import Ledger
 from tasks.settings import RunSettings
 
+POLICY = Path(__file__).resolve().parents[1] / "simulations/scenarios/clinic-policy.toml"
 DELTA = 1e-5
 MAX_EPSILON = 8.0
 RUN_ID = "4242"
@@ -38,12 +44,20 @@ def make_run(
     rounds: int = 2,
     dp: bool = True,
     prior_rounds: int = 0,
+    prior_runs: int = 1,
     claim_offset: float = 0.0,
     refuse_round: int | None = None,
     anonymization: dict | None = None,
     client_dp: bool = False,
+    schedules: int | None = None,
 ) -> Path:
-    """A completed run; `claim_offset` makes site-0 claim a wrong epsilon in its last round."""
+    """A completed run; `claim_offset` makes site-0 claim a wrong epsilon in its last round.
+
+    Before it, each site ledger holds `prior_runs` earlier runs of `prior_rounds` rounds each
+    (run ids "earlier-0", ...). `schedules` gives site i the noise of site i % schedules
+    (default: every site its own).
+    """
+    kinds = schedules or sites
     settings = RunSettings(
         num_rounds=rounds,
         dp=dp,
@@ -67,8 +81,9 @@ def make_run(
             kind="site",
             dataset=f"/data/site-{i}.csv",
         )
-        for r in range(1, prior_rounds + 1):
-            _spend(ledger, _event(i), "earlier", r)
+        for run in range(prior_runs if prior_rounds else 0):
+            for r in range(1, prior_rounds + 1):
+                _spend(ledger, _event(i % kinds), f"earlier-{run}", r)
         site_ledgers.append(ledger)
     for r in range(1, rounds + 1):
         run_ledger.append(
@@ -104,9 +119,9 @@ def make_run(
                     },
                 )
                 continue
-            row = _spend(ledger, _event(i), RUN_ID, r)
+            row = _spend(ledger, _event(i % kinds), RUN_ID, r)
             history = spent_events(ledger)
-            epsilon = compute_epsilon(history, DELTA, "prv")
+            epsilon = _epsilon(tuple(history), "prv")
             if i == 0 and r == rounds:
                 epsilon += claim_offset
             dataset = hashlib.sha256(f"/data/site-{i}.csv".encode()).hexdigest()
@@ -123,9 +138,9 @@ def make_run(
                     "delta": DELTA,
                     "max-epsilon": MAX_EPSILON,
                     "epsilon": epsilon,
-                    "epsilon-rdp": compute_epsilon(history, DELTA, "rdp"),
+                    "epsilon-rdp": _epsilon(tuple(history), "rdp"),
                     "accountant": "prv",
-                    "event": _event(i).to_dict(),
+                    "event": _event(i % kinds).to_dict(),
                     "events": [e.to_dict() for e in history],
                     "ledger-head": row.row_hash,
                     "round": r,
@@ -181,6 +196,11 @@ def make_run(
     return run_dir
 
 
+@functools.cache
+def _epsilon(history: tuple[PrivacyEvent, ...], accountant: str) -> float:
+    return compute_epsilon(list(history), DELTA, accountant)
+
+
 def _spend(ledger: Ledger, event: PrivacyEvent, run_id: str, server_round: int):
     reservation = Reservation(run_id, server_round, "train", event)
     reserve(ledger, reservation, lambda history: {"epsilon-after": 0.0})
@@ -191,3 +211,26 @@ def _event(index: int) -> PrivacyEvent:
     return PrivacyEvent(
         noise_multiplier=site_sigma(index), sample_rate=0.05, steps=40, clip_norm=1.0
     )
+
+
+REPEATED = 30  # patients entered twice (the second time with their national id retyped)
+
+
+def clinic_anonymization(cleaning: dict) -> dict:
+    """The anonymization report of 600 clinic rows under the shipped policy with `cleaning`.
+
+    The table repeats one row exactly, repeats REPEATED patients with their national id
+    written without dashes and an empty bmi, and has 5 other empty bmi cells: what a site's
+    cleansing report looks like when it has work to do.
+    """
+    from tasks.clinic import generate_clinic
+
+    table = generate_clinic(600, 7).astype(str)
+    again = table.iloc[:REPEATED].copy()
+    again["national_id"] = again["national_id"].str.replace("-", "")
+    again["bmi"] = ""
+    table.loc[100:104, "bmi"] = ""
+    table = pd.concat([table, table.iloc[[200]], again], ignore_index=True)
+    spec = tomllib.loads(POLICY.read_text())
+    spec["cleaning"] = {"duplicates": "drop", **cleaning, "columns": {"bmi": {"missing": "median"}}}
+    return anonymize_table(table, parse_policy(spec, POLICY.name), bytes(32)).report

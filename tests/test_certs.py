@@ -1,4 +1,8 @@
-"""Certificates and node keys: what `fedvault certs init` and `fedvault keys new` produce."""
+"""Certificates and node keys: what `fedvault certs init` and `fedvault keys new` produce.
+
+Both encrypt private keys under the passphrase by default (privacy/keystore.py); the CLI
+tests find it where the deployment commands do, in FEDVAULT_PASSPHRASE.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ from privacy.certs import (
     verify_tls_server,
 )
 from privacy.errors import FedVaultError
+from privacy.keystore import PASSPHRASE_ENV, is_encrypted
+
+PASSPHRASE = b"correct horse battery staple"
 
 
 def mode(path: Path) -> int:
@@ -42,13 +49,20 @@ def cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
 
 
 @pytest.fixture()
+def passphrase(monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """The passphrase, set where `fedvault` commands read it."""
+    monkeypatch.setenv(PASSPHRASE_ENV, PASSPHRASE.decode())
+    return PASSPHRASE
+
+
+@pytest.fixture()
 def certs(tmp_path: Path) -> Path:
     out = tmp_path / "certs"
-    init_certificates(out, "fl.example.org", ["10.0.0.5", "2001:db8::7"])
+    init_certificates(out, "fl.example.org", ["10.0.0.5", "2001:db8::7"], passphrase=PASSPHRASE)
     return out
 
 
-def test_cli_init_writes_a_ca_and_a_server_certificate_it_signed(tmp_path, capsys):
+def test_cli_init_writes_a_ca_and_a_server_certificate_it_signed(tmp_path, capsys, passphrase):
     out = tmp_path / "pki"
     code, stdout, _ = cli(
         ["certs", "init", "--out", str(out), "--server-name", "fl.example.org", "--ip", "10.0.0.5"],
@@ -66,6 +80,27 @@ def test_cli_init_writes_a_ca_and_a_server_certificate_it_signed(tmp_path, capsy
     assert isinstance(server.public_key(), ec.EllipticCurvePublicKey)
     assert server.public_key().curve.name == "secp384r1"
     check_server_certificates(out)
+    for key in ("ca.key", "server.key"):
+        assert (out / key).read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        serialization.load_pem_private_key((out / key).read_bytes(), passphrase)
+
+
+def test_cli_init_without_a_passphrase_is_refused_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "pki"
+    code, _, err = cli(["certs", "init", "--out", str(out), "--server-name", "a.org"], capsys)
+    assert (code, err) == (
+        2,
+        "fedvault: error: no passphrase to encrypt the CA key (it is never stored plain): give "
+        "one with --passphrase-file, FEDVAULT_PASSPHRASE_FILE or FEDVAULT_PASSPHRASE\n",
+    )
+    assert not out.exists()
+
+
+def test_a_throwaway_ca_has_its_key_sealed_never_plain(tmp_path):
+    paths = init_certificates(tmp_path / "c", "fl.example.org")
+    assert is_encrypted(paths.ca_key) and not is_encrypted(paths.server_key)
+    with pytest.raises(ValueError):
+        serialization.load_pem_private_key(paths.ca_key.read_bytes(), PASSPHRASE)
 
 
 def test_sans_always_include_loopback_and_every_given_name(certs):
@@ -96,7 +131,7 @@ def test_private_keys_are_0600_certificates_world_readable(certs):
 
 def _tls_server(certs: Path) -> tuple[socket.socket, threading.Thread]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certs / "server.crt", certs / "server.key")
+    context.load_cert_chain(certs / "server.crt", certs / "server.key", password=PASSPHRASE)
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(30)
 
@@ -154,7 +189,7 @@ def test_verify_tls_server_rejects_a_foreign_ca_and_reports_nothing_listening(ce
     assert verify_tls_server(f"127.0.0.1:{nothing}", certs / "ca.crt", timeout=2) is False
 
 
-def test_refuses_to_overwrite_an_existing_ca_unless_forced(certs, capsys):
+def test_refuses_to_overwrite_an_existing_ca_unless_forced(certs, capsys, passphrase):
     before = {p.name: p.read_bytes() for p in certs.iterdir()}
     code, _, err = cli(
         ["certs", "init", "--out", str(certs), "--server-name", "fl.example.org"], capsys
@@ -179,7 +214,9 @@ def test_refuses_to_overwrite_an_existing_ca_unless_forced(certs, capsys):
         (["--server-name=-leading.example.org"], "not a valid host name"),
     ],
 )
-def test_bad_names_are_one_line_errors_and_write_nothing(tmp_path, capsys, args, message):
+def test_bad_names_are_one_line_errors_and_write_nothing(
+    tmp_path, capsys, passphrase, args, message
+):
     out = tmp_path / "pki"
     code, _, err = cli(["certs", "init", "--out", str(out), *args], capsys)
     assert code == 2
@@ -187,7 +224,7 @@ def test_bad_names_are_one_line_errors_and_write_nothing(tmp_path, capsys, args,
     assert not out.exists()
 
 
-def test_out_must_be_a_directory_and_arguments_are_required(tmp_path, capsys):
+def test_out_must_be_a_directory_and_arguments_are_required(tmp_path, capsys, passphrase):
     target = tmp_path / "file"
     target.write_text("x")
     code, _, err = cli(["certs", "init", "--out", str(target), "--server-name", "a.org"], capsys)
@@ -208,33 +245,36 @@ def test_server_certificate_checks_name_the_problem(certs, tmp_path):
         (broken / name).write_bytes((certs / name).read_bytes())
     (broken / "server.key").unlink()
     with pytest.raises(FedVaultError, match="server key not found"):
-        check_server_certificates(broken)
+        check_server_certificates(broken, PASSPHRASE)
     (broken / "server.key").write_text("not a key")
-    with pytest.raises(FedVaultError, match="is not an unencrypted private key"):
-        check_server_certificates(broken)
+    (broken / "server.key").chmod(0o600)
+    with pytest.raises(FedVaultError, match="not a private key in PEM or OpenSSH format"):
+        check_server_certificates(broken, PASSPHRASE)
     (broken / "server.key").write_bytes(other.server_key.read_bytes())
     with pytest.raises(FedVaultError, match="does not match"):
-        check_server_certificates(broken)
+        check_server_certificates(broken, PASSPHRASE)
     (broken / "server.key").write_bytes((certs / "server.key").read_bytes())
+    with pytest.raises(FedVaultError, match=r"server key .* is encrypted: give its passphrase"):
+        check_server_certificates(broken)
     (broken / "ca.crt").write_bytes(other.ca_cert.read_bytes())
     with pytest.raises(FedVaultError, match="not signed by this CA"):
-        check_server_certificates(broken)
+        check_server_certificates(broken, PASSPHRASE)
     (broken / "ca.crt").write_text("garbage")
     with pytest.raises(FedVaultError, match="not a PEM certificate"):
-        check_server_certificates(broken)
+        check_server_certificates(broken, PASSPHRASE)
 
 
 def test_server_private_keys_must_be_the_owners_alone(certs):
-    check_server_certificates(certs)
+    check_server_certificates(certs, PASSPHRASE)
     (certs / "server.key").chmod(0o604)
     with pytest.raises(FedVaultError, match=r"server key .* by other users \(mode 0604\)"):
-        check_server_certificates(certs)
+        check_server_certificates(certs, PASSPHRASE)
     (certs / "server.key").chmod(0o600)
     (certs / "ca.key").chmod(0o620)
     with pytest.raises(FedVaultError, match=r"CA key .* by other users \(mode 0620\)"):
-        check_server_certificates(certs)
+        check_server_certificates(certs, PASSPHRASE)
     (certs / "ca.key").unlink()  # moved to offline storage, as it should be
-    check_server_certificates(certs)
+    check_server_certificates(certs, PASSPHRASE)
 
 
 def test_verify_tls_server_names_a_ca_file_without_a_certificate(certs):
@@ -242,12 +282,15 @@ def test_verify_tls_server_names_a_ca_file_without_a_certificate(certs):
         verify_tls_server("127.0.0.1:1", certs / "ca.key")
 
 
-def test_keys_new_writes_an_openssh_p384_pair_flower_can_load(tmp_path, capsys):
+def test_keys_new_writes_an_encrypted_p384_key_and_an_openssh_public_key(
+    tmp_path, capsys, passphrase
+):
     key = tmp_path / "site" / "node.key"
     code, stdout, _ = cli(["keys", "new", "--out", str(key)], capsys)
-    assert code == 0
+    assert code == 0 and "encrypted under the passphrase" in stdout
     assert mode(key) == 0o600
-    private = serialization.load_ssh_private_key(key.read_bytes(), password=None)
+    assert key.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    private = serialization.load_pem_private_key(key.read_bytes(), passphrase)
     assert isinstance(private, ec.EllipticCurvePrivateKey)
     assert private.curve.name == "secp384r1"
     pub_line = (tmp_path / "site" / "node.key.pub").read_text()
@@ -259,7 +302,25 @@ def test_keys_new_writes_an_openssh_p384_pair_flower_can_load(tmp_path, capsys):
     assert expected in stdout
 
 
-def test_keys_new_refuses_to_overwrite_and_rejects_a_directory(tmp_path, capsys):
+def test_keys_new_unencrypted_is_openssh_as_flower_reads_it(tmp_path, capsys):
+    key = tmp_path / "node.key"
+    code, stdout, _ = cli(["keys", "new", "--out", str(key), "--unencrypted"], capsys)
+    assert code == 0 and "(0600, unencrypted;" in stdout
+    assert mode(key) == 0o600
+    # what flower-supernode --auth-supernode-private-key does with the file
+    private = serialization.load_ssh_private_key(key.read_bytes(), None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp384r1"
+
+
+def test_keys_new_without_a_passphrase_is_refused_and_writes_nothing(tmp_path, capsys):
+    key = tmp_path / "node.key"
+    code, _, err = cli(["keys", "new", "--out", str(key)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("fedvault: error: no passphrase to encrypt the key: give one with")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keys_new_refuses_to_overwrite_and_rejects_a_directory(tmp_path, capsys, passphrase):
     pair = new_node_key_pair(tmp_path / "node.key")
     before = pair.private_key.read_bytes()
     code, _, err = cli(["keys", "new", "--out", str(pair.private_key)], capsys)

@@ -2,11 +2,15 @@
 
 One server (SuperLink with TLS + node authentication, behind the Fleet-only nginx proxy when
 nginx is installed) serves the module; a throwaway Flower app stands in for the FedVault
-app where a run is submitted. Each check names the behaviour a deployment relies on.
+app where a run is submitted. Every key is encrypted at rest, as deployment commands make
+them, and the commands find the passphrase in FEDVAULT_PASSPHRASE_FILE; the decrypted copies
+Flower's processes read go to a private XDG_RUNTIME_DIR, which the checks watch. Each check
+names the behaviour a deployment relies on.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
@@ -25,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from cli.processes import alive, descendants, executable, flower_env
+from cli.processes import KEY_DIR_PREFIX, alive, descendants, executable, flower_env
 from cli.run import run_overrides
 from client.supernode import (
     node_config,
@@ -40,6 +44,7 @@ from privacy.certs import (
 )
 from privacy.errors import FedVaultError
 from privacy.identity import write_roster
+from privacy.keystore import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV
 from server.superlink import ServerSettings, https_status, nginx_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +56,57 @@ needs_nginx = pytest.mark.skipif(
     not HAS_NGINX, reason="nginx not installed (Debian: apt-get install nginx)"
 )
 START_TIMEOUT_S = 120
+PASSPHRASE = b"loopback deployment passphrase"
+
+
+def keys_at_rest(root: Path) -> tuple[Path, Path]:
+    """A passphrase file (0600) and a private runtime directory for the commands under `root`."""
+    secret = root / "passphrase"
+    secret.write_bytes(PASSPHRASE + b"\n")
+    secret.chmod(0o600)
+    runtime = root / "runtime"
+    runtime.mkdir(mode=0o700)
+    return secret, runtime
+
+
+@contextlib.contextmanager
+def passphrase_environment(secret: Path, runtime: Path) -> Iterator[None]:
+    """The environment every command started inside sees: the passphrase file, the runtime
+    dir, and a FEDVAULT_HOME of its own (the machine's signing key, encrypted like the rest)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(PASSPHRASE_FILE_ENV, str(secret))
+        env.setenv("FEDVAULT_HOME", str(runtime.parent / "fedvault-home"))
+        env.delenv(PASSPHRASE_ENV, raising=False)
+        env.setenv("XDG_RUNTIME_DIR", str(runtime))
+        yield
+
+
+def decrypted_copies(runtime: Path) -> list[Path]:
+    """Decrypted key copies (and their directories) left in a runtime directory."""
+    return sorted(runtime.glob(f"{KEY_DIR_PREFIX}*"))
+
+
+def key_files_read_by(process: Process, flag: str) -> list[Path]:
+    """The key files the processes below `process` were started with (`flag` PATH)."""
+    found = []
+    for pid, _ in descendants(process.proc.pid):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            if flag in argv:
+                found.append(Path(argv[argv.index(flag) + 1]))
+    return found
+
+
+def environments_of(process: Process, program: str) -> list[dict[str, str]]:
+    """The environments of the processes below `process` whose command line names `program`."""
+    found = []
+    for pid, _ in descendants(process.proc.pid):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            if any(Path(arg).name == program for arg in argv[:2]):
+                raw = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+                found.append(dict(item.split("=", 1) for item in raw if "=" in item))
+    return found
 
 
 def free_port() -> int:
@@ -60,7 +116,11 @@ def free_port() -> int:
 
 
 class Process:
-    """A `fedvault` command in the background, its output collected line by line."""
+    """A `fedvault` command in the background, its output collected line by line.
+
+    Every one started is kept in STARTED: a test that fails between starting a command and
+    stopping it must not leave a SuperNode or SuperLink running (see kill_left_running).
+    """
 
     def __init__(self, args: list[str]) -> None:
         self.proc = subprocess.Popen(
@@ -73,6 +133,7 @@ class Process:
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+        STARTED.append(self)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -104,6 +165,38 @@ class Process:
         return code
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a command that still runs and every process it started (its own sessions too)."""
+    if proc.poll() is not None:
+        return
+    tree = descendants(proc.pid)
+    proc.kill()
+    for pid, start in tree:
+        if alive(pid, start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+STARTED: list[Process] = []
+
+
+@atexit.register
+def kill_left_running(since: int = 0) -> None:
+    """Kill every Process started after the first `since` that still runs."""
+    for process in STARTED[since:]:
+        kill_tree(process.proc)
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test() -> Iterator[None]:
+    """Commands a test of this module starts end with it (module fixtures start earlier)."""
+    since = len(STARTED)
+    yield
+    kill_left_running(since)
+
+
 def in_process(*args: str, out: io.StringIO | None = None) -> tuple[int, str]:
     """Run `fedvault ARGS` here (commands that supervise no process); (status, stderr)."""
     err = io.StringIO()
@@ -113,20 +206,32 @@ def in_process(*args: str, out: io.StringIO | None = None) -> tuple[int, str]:
 
 
 def fedvault(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*FEDVAULT, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    """Run `fedvault ARGS` to its end; past `timeout`, kill it and all it started, and fail."""
+    proc = subprocess.Popen(
+        [*FEDVAULT, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"fedvault {' '.join(args)} ran past {timeout} s:\n{err[-3000:]}"
+        ) from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("pki")
-    init_certificates(root / "certs", "localhost")
-    new_node_key_pair(root / "site1.key")
-    new_node_key_pair(root / "site2.key")
+    secret, runtime = keys_at_rest(root)
+    init_certificates(root / "certs", "localhost", passphrase=PASSPHRASE)
+    new_node_key_pair(root / "site1.key", passphrase=PASSPHRASE)
+    new_node_key_pair(root / "site2.key", passphrase=PASSPHRASE)
     keys = {name: load_node_public_key(root / f"{name}.key.pub") for name in ("site1", "site2")}
     write_roster(root / "roster.toml", keys)
-    return root
+    with passphrase_environment(secret, runtime):
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +247,7 @@ def server(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
     fleet = f"127.0.0.1:{port}" if HAS_NGINX else f"127.0.0.1:{control}"
     yield {"state": state, "fleet": fleet, "port": port, "control": control, "process": process}
     assert process.stop() == 0
+    assert "warning" not in process.output
 
 
 @pytest.fixture(scope="module")
@@ -190,13 +296,30 @@ def test_registered_site_connects_stops_cleanly_and_can_be_revoked(server, pki, 
             "--ca", str(pki / "certs" / "ca.crt"), "--key", str(pki / "site1.key"),
             "--roster", str(pki / "roster.toml"),
             "--max-epsilon", "3.5", "--delta", "1e-5", "--port", str(free_port()),
+            "--threads", "2",
         ]
     )  # fmt: skip
     client.wait_for("site connected", also=server["process"])
+    # The SuperNode and the SuperExec it starts (whose ClientApps inherit their environment)
+    # poll for tasks every 50 ms and pin torch to the site's two threads.
+    for program in ("flower-supernode", "flower-superexec"):
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not environments_of(client, program) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (env,) = environments_of(client, program)
+        assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.05", program
+        assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("2", "2"), program
     assert fingerprint in client.output and "as site1 with key" in client.output
+    # The SuperNode was given a decrypted copy in the private runtime directory, gone now
+    # that it has read it; the ClientApp gets the passphrase file, never the passphrase.
+    (copy,) = key_files_read_by(client, "--auth-supernode-private-key")
+    assert copy.parent.parent == pki / "runtime" and not copy.exists()
+    assert decrypted_copies(pki / "runtime") == []
     config = tomllib.loads((site_dir / "node-config.toml").read_text())
     assert config == {"state-dir": str(site_dir.resolve())}
     site = tomllib.loads((site_dir / "site.toml").read_text())
+    connection = tomllib.loads((site_dir / "supernode.toml").read_text())
+    assert connection["threads"] == 2
     assert site == {
         "max-epsilon": 3.5,
         "delta": 1e-5,
@@ -312,6 +435,13 @@ def test_server_sigterm_stops_every_process(pki, tmp_path):
     args += ["--port", str(free_port()), "--control-port", str(free_port())]
     process = Process(args if HAS_NGINX else [*args, "--no-proxy"])
     process.wait_for("server ready")
+    # SuperLink and nginx read one decrypted copy of server.key, removed once both were ready.
+    (copy,) = key_files_read_by(process, "--ssl-keyfile")
+    assert copy.parent.parent == pki / "runtime" and not copy.exists()
+    if HAS_NGINX:
+        nginx_conf = (tmp_path / "state" / "proxy" / "nginx.conf").read_text()
+        assert f"ssl_certificate_key {copy};" in nginx_conf
+    assert decrypted_copies(pki / "runtime") == []
     commands = [
         Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
         for pid, _ in descendants(process.proc.pid)
@@ -321,6 +451,29 @@ def test_server_sigterm_stops_every_process(pki, tmp_path):
     assert any(c.startswith("nginx") for c in commands) == bool(HAS_NGINX)
     assert process.stop() == 0
     assert "server stopped" in process.output
+
+
+@needs_flower
+def test_site_key_copy_is_gone_once_the_supernode_has_read_it_and_stop_leaves_none(pki, tmp_path):
+    """Against a server that is not there: the SuperNode read its key and waits to connect."""
+    client = Process(
+        [
+            "client", "--state-dir", str(tmp_path / "site"), "--server", f"127.0.0.1:{free_port()}",
+            "--ca", str(pki / "certs" / "ca.crt"), "--key", str(pki / "site2.key"),
+            "--roster", str(pki / "roster.toml"), "--port", str(free_port()),
+            "--connect-timeout", "0",
+        ]
+    )  # fmt: skip
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (copies := key_files_read_by(client, "--auth-supernode-private-key")) or any(
+        copy.exists() for copy in copies
+    ):
+        assert client.proc.poll() is None and time.monotonic() < deadline, client.output
+        time.sleep(0.2)
+    assert [copy.parent.parent for copy in copies] == [pki / "runtime"]
+    assert "site connected" not in client.output
+    assert client.stop() == 130 and "fedvault: interrupted" in client.output
+    assert decrypted_copies(pki / "runtime") == []
 
 
 def test_server_start_errors_name_the_problem(pki, tmp_path):
@@ -337,7 +490,8 @@ def test_server_start_errors_name_the_problem(pki, tmp_path):
 def test_proxy_config_forwards_only_fleet_posts(pki, tmp_path):
     certs = check_server_certificates(pki / "certs")
     settings = ServerSettings(certs, tmp_path / "s", "0.0.0.0", 9443, 9444)
-    config = nginx_config(settings)
+    config = nginx_config(settings, tmp_path / "decrypted" / "server.key")
+    assert f"ssl_certificate_key {tmp_path / 'decrypted' / 'server.key'};" in config
     assert "listen 0.0.0.0:9443 ssl;" in config
     assert "server 127.0.0.1:9444;" in config
     assert "location ~ ^/v1/fleet/[a-z-]+$" in config
@@ -379,6 +533,8 @@ def test_site_settings_persist_and_command_line_wins(pki, tmp_path):
         ({"server": None}, {}, "missing --server"),
         ({"server": "no-port"}, {}, "HOST:PORT"),
         ({"ca": "missing.crt"}, {}, "CA certificate not found"),
+        ({"threads": 0}, {}, "--threads must be between 1 and 1024, got 0"),
+        ({"port": 70000}, {}, "--port must be between 1 and 65535"),
         ({}, {"max-epsilon": -1.0}, "max-epsilon must be > 0"),
         ({}, {"delta": 1.5}, r"delta must be in \(0, 1\)"),
         ({}, {"data-path": "missing.csv"}, "data file not found"),
@@ -483,7 +639,7 @@ def test_help_explains_each_command(command, phrases, capsys):
         (
             ["client", "--state-dir", "{tmp}/s", "--server", "127.0.0.1:1", "--ca", "{ca}",
              "--key", "{key}.pub"],
-            "is not an unencrypted OpenSSH private key",
+            "not a private key in PEM or OpenSSH format",
         ),
         (["register", "{tmp}/no.pub", "--name", "x", "--state-dir", "{tmp}"], "not found"),
     ],

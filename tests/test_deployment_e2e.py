@@ -7,6 +7,10 @@ secure aggregation. The checks are what a deployment promises: a run completes a
 its metrics, ledgers and signed report; a site that vanishes mid-run is a secure-aggregation
 dropout, not a failed run; a server killed mid-run and restarted continues the run with
 `--resume`, each round counted once. After each scenario no process it started is left.
+Every key is encrypted at rest under a passphrase the commands read from
+FEDVAULT_PASSPHRASE_FILE: the CA and server keys, the sites' node keys, and the secrets the
+apps create themselves (the report signing key, each site's split key); no decrypted copy
+outlives the readiness of the process that read it.
 
 Flower 1.42 starts a fresh ClientApp process for every message (five per site per secure
 round), so a round costs tens of seconds on a small machine: rounds and sites are kept to
@@ -29,10 +33,22 @@ from pathlib import Path
 import pytest
 import tomli_w
 from safetensors.torch import load_file
-from test_deploy_cli import HAS_FLOWER, HAS_NGINX, REPO, Process, free_port, in_process
+from test_deploy_cli import (
+    HAS_FLOWER,
+    HAS_NGINX,
+    PASSPHRASE,
+    REPO,
+    Process,
+    decrypted_copies,
+    free_port,
+    in_process,
+    keys_at_rest,
+    passphrase_environment,
+)
 
 from cli.processes import alive, descendants
 from privacy.certs import init_certificates, new_node_key_pair
+from privacy.keystore import is_encrypted
 from privacy.ledger import Ledger
 from tasks.clinic import write_clinic_csv
 
@@ -46,25 +62,25 @@ EXIT_GRACE_S = 60
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The module's directory: CA, keys, CSVs; the report signing key under FEDVAULT_HOME.
+    """The module's directory: CA, keys (all encrypted), CSVs; the report signing key under
+    FEDVAULT_HOME; the passphrase file and the runtime directory for decrypted copies.
 
-    At the end, no process whose command line or environment names it may be left.
+    At the end, no process whose command line or environment names it may be left, and no
+    decrypted key copy.
     """
     root = tmp_path_factory.mktemp("deploy")
-    init_certificates(root / "certs", "localhost")
+    secret, runtime = keys_at_rest(root)
+    init_certificates(root / "certs", "localhost", passphrase=PASSPHRASE)
     for index, name in enumerate(("site-a", "site-b", "site-c", "site-d", "site-e"), start=1):
         (root / name).mkdir()
-        new_node_key_pair(root / name / "node.key")
+        new_node_key_pair(root / name / "node.key", passphrase=PASSPHRASE)
         write_clinic_csv(SITE_ROWS, index, root / name / "clinic.csv")
     write_clinic_csv(400, 99, root / "server-test.csv")
-    previous = os.environ.get("FEDVAULT_HOME")
-    os.environ["FEDVAULT_HOME"] = str(root / "fedvault-home")
-    yield root
-    if previous is None:
-        os.environ.pop("FEDVAULT_HOME", None)
-    else:
-        os.environ["FEDVAULT_HOME"] = previous
+    with passphrase_environment(secret, runtime), pytest.MonkeyPatch.context() as env:
+        env.setenv("FEDVAULT_HOME", str(root / "fedvault-home"))
+        yield root
     assert not processes_naming(root), f"processes left running: {processes_naming(root)}"
+    assert decrypted_copies(runtime) == []
 
 
 def processes_naming(path: Path) -> list[str]:
@@ -252,7 +268,12 @@ def node_ids(server: Server) -> dict[str, str]:
 
 
 def check_report(out: Path, root: Path) -> dict:
-    """report.json exists, verifies (ledgers, signature under the server's key) and is returned."""
+    """report.json exists, verifies (ledgers, signature under the server's key) and is returned.
+
+    The ServerApp created the signing key encrypted: it found the passphrase in the
+    environment `fedvault server` gave the SuperLink.
+    """
+    assert is_encrypted(root / "fedvault-home" / "server" / "signing.key")
     public = root / "fedvault-home" / "server" / "signing.key.pub"
     code, err = in_process("report", "--verify", str(out), "--public-key", str(public))
     assert (code, err) == (0, "")
@@ -356,6 +377,8 @@ def test_three_sites_dp_secure_aggregation_and_a_site_killed_mid_run(federation,
     for name in ("site-a", "site-b"):
         assert site_dp_rounds(root / "sites" / name, run_id) == [1, 2, 3], name
     assert site_dp_rounds(root / "sites" / "site-c", run_id) == [1, 2]
+    for name in ("site-a", "site-b", "site-c"):  # created by ClientApps, under the passphrase
+        assert is_encrypted(root / "sites" / name / "split.key"), name
 
     report = check_report(out, root)
     assert report["secure_aggregation"]["totals"]["dropouts"] == 1

@@ -4,11 +4,10 @@ import time
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from privacy.errors import FedVaultError
 from privacy.randomness import SecureRandom
-
-stats = pytest.importorskip("scipy.stats")
 
 N = 200_000
 

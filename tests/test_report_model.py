@@ -8,6 +8,8 @@ with our `compute_epsilon`, per site and per round.
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -15,13 +17,16 @@ import dp_accounting
 import pytest
 from dp_accounting import rdp
 from opacus.accountants import RDPAccountant
-from report_run import DELTA, make_run
+from report_run import DELTA, REPEATED, RUN_ID, clinic_anonymization, make_run
 
 from privacy.accounting import PrivacyEvent, compute_epsilon
+from privacy.audit import loss_threshold_audit
 from privacy.errors import FedVaultError
+from privacy.gdp import gdp_delta, gdp_mu
 from privacy.report import build_report, write_report
 from privacy.report.render_html import render_html
 from privacy.report.render_md import render_md
+from privacy.report.sample_dp import group_privacy
 
 ANONYMIZATION = {
     "policy": "clinic-policy.toml",
@@ -178,7 +183,7 @@ def test_refusals_and_client_dp_and_anonymization(tmp_path):
     assert any("k = 5" in s for s in r["summary"]["statements"])
     html, md = render_html(r, {}), render_md(r)
     assert "Client-level differential privacy" in html and "mondrian" in html
-    assert "| site-0 | 5 | 2 | 0.210 | 10 |" in md
+    assert "| site-0 and site-1 | not recorded | 5 | 2 | 0.210 | 10 (1.0%) | not recorded |" in md
 
 
 def test_bad_run_directories_are_one_clear_error(tmp_path):
@@ -189,3 +194,112 @@ def test_bad_run_directories_are_one_clear_error(tmp_path):
     with pytest.raises(FedVaultError, match=r"no config\.json"):
         write_report(run, signing_key_path=tmp_path / "k" / "signing.key")
     assert not (run / "report.json").exists()
+
+
+def _ledger_rows(ledger_path: Path) -> list[tuple[str, dict]]:
+    with sqlite3.connect(ledger_path) as conn:
+        rows = conn.execute("SELECT kind, payload FROM rows ORDER BY seq").fetchall()
+    return [(kind, json.loads(payload)) for kind, payload in rows]
+
+
+def test_each_guarantee_has_its_mu_and_the_runs_before_it(tmp_path):
+    run = make_run(tmp_path / "run", sites=2, rounds=2, prior_rounds=2, prior_runs=2)
+    r = build_report(run)
+    statements = r["summary"]["statements"]
+    for site in r["sample_level_dp"]["sites"]:
+        (ledger,) = (run / "sites" / site["site"]).glob("ledger-*.sqlite")
+        events = [PrivacyEvent.from_dict(e) for e in _raw_events(ledger)]
+        assert len(events) == 6
+        assert site["gdp_mu"] == gdp_mu(events)
+        # the mu curve covers the site's own (epsilon, delta), within PRV's error interval
+        assert float(gdp_delta(site["gdp_mu"], site["epsilon"] - 0.02)) >= DELTA
+        earlier = {p["run_id"] for kind, p in _ledger_rows(ledger) if kind == "dp_reserve"}
+        assert earlier - {RUN_ID} == {"earlier-0", "earlier-1"}
+        assert site["runs_before_run"] == 2 and site["releases_before_run"] == 4
+    mu = r["sample_level_dp"]["sites"][0]["gdp_mu"]
+    assert f"as Gaussian DP, mu = {mu:.2f}" in r["summary"]["headline"]
+    assert any("in 2 earlier runs (4 releases), hyperparameter search" in s for s in statements)
+
+    shutil.rmtree(run / "sites")  # as in deployment: only what the sites reported
+    r = build_report(run)
+    site = r["sample_level_dp"]["sites"][0]
+    assert site["runs_before_run"] is None and site["releases_before_run"] == 4
+    assert site["gdp_mu"] == pytest.approx(mu)
+    assert any("how many runs they came from is not known" in s for s in r["summary"]["statements"])
+
+    first = build_report(make_run(tmp_path / "first", sites=1, rounds=1))
+    assert first["sample_level_dp"]["sites"][0]["runs_before_run"] == 0
+    assert any("No earlier run had released" in s for s in first["summary"]["statements"])
+
+
+def test_a_bound_above_one_record_per_person_is_stated_per_person(tmp_path):
+    bound = clinic_anonymization(
+        {"person": "national_id", "per_person": "bound", "max_records_per_person": 3}
+    )
+    r = build_report(make_run(tmp_path / "run", sites=1, rounds=2, anonymization=bound))
+    site = r["sample_level_dp"]["sites"][0]
+    eps, person = site["epsilon"], site["person_level"]
+    assert site["records_per_person"] == 3
+    assert person["epsilon"] == pytest.approx(3 * eps)
+    # chaining (eps, delta) over 3 records: delta (1 + e^eps + e^(2 eps)) <= 3 e^(2 eps) delta
+    assert person["delta"] == pytest.approx(DELTA * sum(math.exp(i * eps) for i in range(3)))
+    assert person["delta"] <= 3 * math.exp(2 * eps) * DELTA
+    assert any(
+        f"each person is protected by ({3 * eps:.2f}, {person['delta']:.2g})-DP" in s
+        for s in r["summary"]["statements"]
+    )
+    assert group_privacy(8.0, DELTA, 3)["delta"] is None  # 1e-5 * e^16: nothing left to claim
+    assert group_privacy(0.0, DELTA, 4)["delta"] == pytest.approx(4 * DELTA)
+
+
+def test_the_release_and_its_cleansing_are_stated_and_pseudonyms_never_anonymized(tmp_path):
+    merged = clinic_anonymization({"person": "national_id", "per_person": "merge"})
+    r = build_report(make_run(tmp_path / "run", sites=2, rounds=1, anonymization=merged))
+    section = r["anonymization"][0]
+    assert section["release"] == "pseudonymized"
+    assert section["release_note"] == merged["release_note"]
+    assert section["cleaning"] == merged["cleaning"]
+    text = " ".join(r["summary"]["statements"])
+    assert "anonymized their records" not in text
+    assert "pseudonymized their records before training, which is not anonymization" in text
+    assert (
+        f"Cleansing at site-0 and site-1 (before anonymization and training) dropped "
+        f"{2 * (REPEATED + 1)} of {2 * (600 + REPEATED + 1)} rows (duplicates 2, per_person "
+        f"{2 * REPEATED}), imputed 10 cells" in text
+    )
+    assert (
+        f"one record per person on national_id ({2 * REPEATED} people had several records; "
+        f'per_person = "merge": merged into one, {2 * REPEATED} records removed)' in text
+    )
+    html, md = render_html(r, {}), render_md(r)
+    assert "pseudonymized</span> (not anonymized)" in html
+    assert "| site-0 and site-1 | pseudonymized | 5 |" in md
+
+    dropped = {**merged, "release": "anonymized", "columns": {"age": {"role": "quasi"}}}
+    r = build_report(make_run(tmp_path / "anon", sites=1, rounds=1, anonymization=dropped))
+    assert any("site-0 anonymized their records" in s for s in r["summary"]["statements"])
+
+    unchecked = clinic_anonymization({})
+    r = build_report(make_run(tmp_path / "none", sites=1, rounds=1, anonymization=unchecked))
+    assert any("no person column was declared" in s for s in r["summary"]["statements"])
+
+
+def test_the_audit_is_called_a_bound_at_its_confidence_only_when_it_is_one(tmp_path):
+    run = make_run(tmp_path / "run", sites=1, rounds=1)
+    members, nonmembers = [0.1] * 150 + [0.9] * 50, [0.5] * 100 + [1.0] * 100
+
+    def audit_statement(audit: dict) -> str:
+        (line,) = [s for s in build_report(run, audit=audit)["summary"]["statements"] if "AUC" in s]
+        return line
+
+    bound = loss_threshold_audit(members, nonmembers, DELTA)
+    assert bound["confidence"] == 0.95
+    assert f"with 95% confidence, epsilon is at least {bound['eps_lb']:.2f}" in audit_statement(
+        bound
+    )
+    estimate = {k: v for k, v in bound.items() if k != "confidence"}  # an older audit
+    line = audit_statement(estimate)
+    assert "a point estimate without a confidence level" in line and "confidence," not in line
+    few = loss_threshold_audit(members, nonmembers[:40], DELTA)  # 20 to measure: no 1% FPR
+    assert few["eps_lb"] is None
+    assert "bounds no epsilon" in audit_statement(few)

@@ -80,3 +80,16 @@ def test_flower_app_config_declares_every_setting_with_its_default():
     differing = {k for k in declared if declared[k] != defaults[k]}
     assert differing <= {"out", "sites-root", "num-rounds", "momentum"}
     assert RunSettings.from_config(declared).num_rounds == declared["num-rounds"]
+
+
+def test_the_flower_app_and_run_settings_share_every_default():
+    """`flwr run .` / `fedvault run` read pyproject's defaults, `fedvault simulate` and the
+    ServerApp RunSettings': one value per setting, or the same scenario trains differently."""
+    import tomllib
+    from pathlib import Path
+
+    from simulations.scenario import flatten
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    declared = flatten(pyproject["tool"]["flwr"]["app"]["config"])
+    assert declared == RunSettings().to_config()

@@ -40,7 +40,11 @@ _SEPARATORS = re.compile(r"[\s\-.()\u2010-\u2015\u2212]+")
 
 
 def load_or_create_key(state_dir: str | os.PathLike[str]) -> bytes:
-    """The site's pseudonymization key, created (0600) in `state_dir` if it does not exist."""
+    """The site's pseudonymization key, created (0600) in `state_dir` if it does not exist.
+
+    Whoever holds it can reverse every pseudonym by trying values, so it is encrypted under
+    the site's passphrase whenever the environment provides one (privacy/keystore.py).
+    """
     return load_or_create_secret(Path(state_dir) / KEY_FILE, "pseudonym key")
 
 

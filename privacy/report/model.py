@@ -8,15 +8,16 @@ and the signer. The layout is documented field by field in docs/report-schema.md
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from privacy.report import sections
+from privacy.report import rows, sections
 from privacy.report.inputs import RunInputs, read_run
 from privacy.report.sample_dp import EpsilonCache, sample_level, site_names
 
 SCHEMA = "fedvault-privacy-report"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 def build_report(
@@ -38,10 +39,12 @@ def build_report(
     """
     inputs = read_run(run_dir, site_limits, roster)
     findings: list[dict[str, str]] = []
-    sample = sample_level(inputs, findings, EpsilonCache())
+    anonymization = sections.anonymization(inputs)
+    sample = sample_level(
+        inputs, findings, EpsilonCache(), sections.records_per_person(anonymization)
+    )
     client = sections.client_level(inputs, findings)
     secagg = sections.secure_aggregation(inputs)
-    anonymization = sections.anonymization(inputs)
     utility = sections.utility(inputs)
     run_ids = sorted(
         {r["run_id"] for s in sample["sites"] for r in s["rounds"] if r["run_id"] is not None}
@@ -103,18 +106,80 @@ def _fmt(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.2f}"
 
 
-def _delta(value: float) -> str:
-    """1e-05 -> 1e-5: how deltas are written in the DP literature."""
-    return f"{value:g}".replace("e-0", "e-")
+def _count(number: int, word: str) -> str:
+    """'1 earlier run', '2 earlier runs'."""
+    return f"{number} {word}" + ("" if number == 1 else "s")
 
 
-def _join(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+def _group(items: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict:
+    """Site names by `key`, in first-seen order: one statement per group, not per site."""
+    groups: dict[Any, list[str]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(str(item["site"]))
+    return groups
+
+
+def _tuning_statements(sample: dict[str, Any], everyone: list[str]) -> list[str]:
+    """Earlier runs on the same data (hyperparameter search), as the site ledgers show them."""
+    statements = []
+    groups = _group(
+        (s for s in sample["sites"] if s["rounds"]),
+        lambda s: (s["runs_before_run"], s["releases_before_run"]),
+    )
+    for (runs, releases), names in groups.items():
+        who, each = rows.join(names, everyone), " each" if len(names) > 1 else ""
+        ledgers = "their own ledgers" if len(names) > 1 else "its own ledger"
+        if runs is None and not releases:
+            statements.append(
+                f"{who} reported no earlier release from the same data before this run."
+            )
+        elif runs is None:
+            statements.append(
+                f"{who}{each} had made {_count(releases, 'release')} from the same "
+                "data before this run (counted in the epsilon above); how many runs they came "
+                "from is not known: the sites report their events, not the runs that made them."
+            )
+        elif runs == 0:
+            statements.append(
+                f"No earlier run had released from the data of {who} ({ledgers}): no "
+                "hyperparameter search or other run preceded this one there."
+            )
+        else:
+            statements.append(
+                f"Before this run, {who}{each} had released from the same data in "
+                f"{_count(runs, 'earlier run')} ({_count(releases, 'release')}), "
+                f"hyperparameter search included, as {ledgers} {'show' if each else 'shows'}; "
+                "the epsilon above counts them."
+            )
+    return statements
+
+
+def _person_statements(sample: dict[str, Any], everyone: list[str]) -> list[str]:
+    """The person-level guarantee where cleansing let a person keep several records."""
+    groups = _group(
+        (s for s in sample["sites"] if s["person_level"]),
+        lambda s: tuple(s["person_level"].values()),
+    )
+    statements = []
+    for (records, epsilon, delta), names in groups.items():
+        who = rows.join(names, everyone)
+        head = (
+            f"A person at {who} may have up to {records} records (cleansing: "
+            'per_person = "bound"), and the guarantee above is per record: '
+        )
+        statements.append(
+            head + f"by group privacy each person is protected by ({_fmt(epsilon)}, "
+            f"{delta:.2g})-DP."
+            if delta is not None
+            else head + "group privacy leaves no person-level guarantee (its delta reaches 1)."
+        )
+    return statements
 
 
 def _dp_statements(report: dict[str, Any]) -> list[str]:
     sample = report["sample_level_dp"]
     acct = sample["accountant"]
+    everyone = report["run"]["sites"]
     if not sample["enabled"]:
         trained = [s["site"] for s in sample["sites"] if s["rounds_trained"]]
         return [
@@ -126,42 +191,39 @@ def _dp_statements(report: dict[str, Any]) -> list[str]:
             if trained or not sample["sites"]
             else ["No site trained: every site that was asked refused."]
         )
-    groups: dict[tuple[str, float], list[str]] = {}
-    for site in sample["sites"]:
-        if site["rounds"]:
-            groups.setdefault((_fmt(site["epsilon"]), site["delta"]), []).append(site["site"])
+    floor = rows.delta(sample["gdp"]["delta_floor"])
+    groups = _group(
+        (s for s in sample["sites"] if s["rounds"]),
+        lambda s: (_fmt(s["epsilon"]), s["delta"], _fmt(s["gdp_mu"])),
+    )
     statements = [
-        f"Each record at {_join(names)} is protected by ({eps}, {_delta(delta)})-DP at example "
-        "level, add/remove adjacency, over every release recorded in the ledger the site keeps for "
-        f"its data source, this run and earlier ones ({acct['name'].upper()} accountant, "
-        f"opacus {acct['version']})."
-        for (eps, delta), names in groups.items()
+        f"Each record at {rows.join(names, everyone)} is protected by ({eps}, "
+        f"{rows.delta(delta)})-DP at example level, add/remove adjacency, over every release "
+        "recorded in the ledger the site keeps for its data source, this run and earlier ones "
+        f"({acct['name'].upper()} accountant, opacus {acct['version']}); as Gaussian DP, mu = "
+        f"{mu} (its curve holds at every delta >= {floor}; dp-accounting)."
+        for (eps, delta, mu), names in groups.items()
     ]
+    statements += _tuning_statements(sample, everyone)
+    statements += _person_statements(sample, everyone)
     seeded = [site["site"] for site in sample["sites"] if site.get("secure_rng") is False]
     if seeded:
         statements.append(
-            f"{_join(seeded)} drew DP noise from a seed (insecure-seed, a simulation "
+            f"{rows.join(seeded)} drew DP noise from a seed (insecure-seed, a simulation "
             "research mode): the noise is predictable and no DP guarantee holds for them."
         )
-    budgets: dict[tuple[str, str, str], list[str]] = {}
-    for site in sample["sites"]:
-        if site["rounds"] and site["max_epsilon"] is not None:
-            key = (
-                _fmt(site["epsilon"]),
-                f"{site['max_epsilon']:g}",
-                _fmt(site["epsilon_remaining"]),
-            )
-            budgets.setdefault(key, []).append(site["site"])
+    budgets = _group(
+        (s for s in sample["sites"] if s["rounds"] and s["max_epsilon"] is not None),
+        lambda s: (_fmt(s["epsilon"]), f"{s['max_epsilon']:g}", _fmt(s["epsilon_remaining"])),
+    )
     for (spent, limit, left), names in budgets.items():
-        each = " each" if len(names) > 1 else ""
-        statements.append(
-            f"{_join(names)}{each} spent {spent} of a site limit of {limit}: {left} left."
-        )
+        who, each = rows.join(names, everyone), " each" if len(names) > 1 else ""
+        statements.append(f"{who}{each} spent {spent} of a site limit of {limit}: {left} left.")
     statements += _refusal_statements(sample)
     public = [site["site"] for site in sample["sites"] if site.get("record_count_public")]
     if public:
         statements.append(
-            f"{_join(public)} declared their record counts public: they are sent to the "
+            f"{rows.join(public)} declared their record counts public: they are sent to the "
             "server and are outside the guarantee."
         )
     return statements
@@ -176,7 +238,138 @@ def _refusal_statements(sample: dict[str, Any]) -> list[str]:
             if refusal.get("floor"):
                 kind += f": {refusal['floor']}"
             refused.setdefault(kind, []).append(f"{site['site']} (round {refusal['round']})")
-    return [f"Refused by the site ({kind}): {_join(where)}." for kind, where in refused.items()]
+    return [f"Refused by the site ({kind}): {rows.join(where)}." for kind, where in refused.items()]
+
+
+def _least(values: list[Any], pick: Callable, fmt: Callable[[Any], str] = str) -> str:
+    """A group's values as one: '= v' when all agree, else the weakest as '>= v' or '<= v'."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "= unknown"
+    weakest = pick(known)
+    if all(v == weakest for v in known):
+        return f"= {fmt(weakest)}"
+    return f"{'>=' if pick is min else '<='} {fmt(weakest)}"
+
+
+def _anonymization_statements(sites: list[dict[str, Any]], everyone: list[str]) -> list[str]:
+    """What the anonymizing sites released and what their cleansing changed, per kind.
+
+    A release is called anonymized only when the site reported `release = "anonymized"`: a
+    pseudonymized one keeps a per-person key, and an old row without `release` is unknown.
+    """
+    statements = []
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for site in sites:
+        cleaning = site["cleaning"] or {}
+        person = cleaning.get("per_person") or {}
+        linkable = tuple(n for n, c in site["columns"].items() if c.get("linkable"))
+        key = (
+            site["release"],
+            linkable,
+            person.get("column"),
+            person.get("rule"),
+            cleaning.get("max_records_per_person"),
+        )
+        groups.setdefault(key, []).append(site)
+    for (release, linkable, column, rule, bound), members in groups.items():
+        names = rows.join([str(m["site"]) for m in members], everyone)
+        achieved = [m["achieved"] for m in members]
+        targets = (
+            f"k {_least([a.get('k') for a in achieved], min)}, "
+            f"l {_least([a.get('l_distinct') for a in achieved], min)}, "
+            f"t {_least([a.get('t') for a in achieved], max, _fmt)}, "
+            f"{sum(m['suppressed_records'] or 0 for m in members)} records suppressed"
+        )
+        if release == "anonymized":
+            what = "anonymized their records before training (no column keeps a per-person key)"
+        elif release == "pseudonymized":
+            what = (
+                f"pseudonymized their records before training, which is not anonymization: "
+                f"{', '.join(linkable)} {'keeps' if len(linkable) == 1 else 'keep'} one keyed "
+                "pseudonym per person, linking that person's records across the site's exports"
+            )
+        else:
+            what = (
+                "applied an anonymization policy before training (whether the release was "
+                "anonymized or pseudonymized was not recorded)"
+            )
+        statements.append(f"{names} {what}: {targets}.")
+        cleanings = [m["cleaning"] for m in members if m["cleaning"]]
+        if cleanings:
+            statements.append(_cleaning_statement(names, cleanings, column, rule, bound))
+    return statements
+
+
+def _cleaning_statement(
+    names: str, cleanings: list[dict[str, Any]], column: str | None, rule: str | None, bound: Any
+) -> str:
+    """Cleansing counts summed over a group of sites, and what it means per person."""
+
+    def total(*path: str) -> int:
+        values = []
+        for cleaning in cleanings:
+            value: Any = cleaning
+            for key in path:
+                value = (value or {}).get(key)
+            values.append(int(value or 0))
+        return sum(values)
+
+    by_rule = ", ".join(
+        f"{step} {count}"
+        for step in cleanings[0]["rows_dropped_by_rule"]
+        if (count := total("rows_dropped_by_rule", step))
+    )
+    changes = (
+        f"dropped {total('rows_dropped')} of {total('rows_in')} rows"
+        + (f" ({by_rule})" if by_rule else "")
+        + f", imputed {total('cells_imputed')} cells, clipped {total('cells_clipped')}, "
+        f"recoded {total('cells_recoded')}"
+    )
+    several = total("per_person", "people_with_several_records")
+    removed = total("per_person", "records_removed")
+    if column is None:
+        person = (
+            "no person column was declared, so one person's several records were not merged: "
+            "a guarantee per record is not one per person"
+        )
+    elif bound == 1:
+        done = "merged into one" if rule == "merge" else "kept the first"
+        person = (
+            f"one record per person on {column} ({several} people had several records; "
+            f'per_person = "{rule}": {done}, {removed} records removed)'
+        )
+    else:
+        person = (
+            f"at most {bound} records per person on {column} ({removed} records removed beyond "
+            "the bound)"
+        )
+    return f"Cleansing at {names} (before anonymization and training) {changes}; {person}."
+
+
+def _audit_statement(audit: dict[str, Any]) -> str:
+    """The audit's number with what it is: a bound at its confidence only when it is one.
+
+    Audits that carry a `confidence` measured their rates on records the threshold was not
+    chosen on, with Clopper-Pearson bounds (privacy.audit); older ones are point estimates.
+    """
+    head = f"A membership-inference attack on the final model reached AUC {audit['auc']:.3f}; "
+    eps, confidence = audit.get("eps_lb"), audit.get("confidence")
+    if eps is None:
+        return head + (
+            f"with {audit['nonmembers']} non-members no false-positive rate of 1% or less could "
+            "be measured, so it bounds no epsilon."
+        )
+    if isinstance(confidence, int | float) and not isinstance(confidence, bool):
+        return head + (
+            f"with {confidence:.0%} confidence, epsilon is at least {_fmt(eps)} (one-sided "
+            "Clopper-Pearson bounds on its rates, measured on records the threshold was not "
+            "chosen on): an empirical LOWER bound from one attack, not a guarantee."
+        )
+    return head + (
+        f"the epsilon it implies is {_fmt(eps)}, a point estimate without a confidence level: "
+        "neither a bound nor a guarantee."
+    )
 
 
 def _summary(report: dict[str, Any], inputs: RunInputs) -> dict[str, Any]:
@@ -186,8 +379,8 @@ def _summary(report: dict[str, Any], inputs: RunInputs) -> dict[str, Any]:
         last = client["rounds"][-1]
         eps = last["epsilon"] if last["epsilon"] is not None else last["claimed_epsilon"]
         statements.append(
-            f"Each site as a whole is protected by ({_fmt(eps)}, {_delta(client['delta'])})-DP at "
-            f"client level ({client['accountant']['name'].upper()} accountant)."
+            f"Each site as a whole is protected by ({_fmt(eps)}, {rows.delta(client['delta'])})-DP "
+            f"at client level ({client['accountant']['name'].upper()} accountant)."
         )
     secagg = report["secure_aggregation"]
     if secagg["enabled"]:
@@ -206,20 +399,9 @@ def _summary(report: dict[str, Any], inputs: RunInputs) -> dict[str, Any]:
         )
     else:
         statements.append("Secure aggregation was off: the server saw each site's update.")
-    for site in report["anonymization"]:
-        achieved = site["achieved"]
-        statements.append(
-            f"{site['site']} anonymized its records before training: k = {achieved.get('k')}, "
-            f"l = {achieved.get('l_distinct')}, t = {_fmt(achieved.get('t'))}, "
-            f"{site['suppressed_records']} records suppressed."
-        )
-    audit = report["audit"]
-    if audit:
-        statements.append(
-            f"A membership-inference attack on the final model reached AUC "
-            f"{audit['auc']:.3f}; the epsilon it implies is {_fmt(audit.get('eps_lb'))}, an "
-            "empirical LOWER bound, not a guarantee."
-        )
+    statements += _anonymization_statements(report["anonymization"], report["run"]["sites"])
+    if report["audit"]:
+        statements.append(_audit_statement(report["audit"]))
     errors = [f for f in report["findings"] if f["severity"] == "error"]
     verdict = "attention" if errors else "consistent"
     if errors:

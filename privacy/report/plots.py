@@ -10,6 +10,10 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from privacy.report.rows import eps, grouped
+
+MAX_LEGEND = 12  # more lines than this get no legend: the table names every site
+
 COLORS = ("#1f5fa8", "#d9822b", "#2a9d5c", "#b23a48", "#7a4fb3", "#4a8c8c", "#8c6d31", "#555555")
 
 
@@ -36,19 +40,35 @@ def _style(ax: Any, xlabel: str, ylabel: str) -> None:
     ax.spines[["top", "right"]].set_visible(False)
 
 
+def _curve(site: dict[str, Any]) -> tuple:
+    """What a site's line shows: its limit and its epsilon after each round, as printed."""
+    return (
+        site["max_epsilon"],
+        tuple((r["round"], eps(r["epsilon_cumulative"])) for r in site["rounds"]),
+    )
+
+
 def epsilon_plot(sample: dict[str, Any]) -> bytes | None:
-    """Cumulative epsilon per site and round, with each site's limit dashed."""
-    sites = [s for s in sample["sites"] if s["rounds"]]
+    """Cumulative epsilon per group of sites with the same curve, each limit dashed.
+
+    One line per site would be unreadable at 100 sites; sites whose epsilons print the same
+    share a line, labelled with its first site and how many others follow it.
+    """
+    sites = {s["site"]: s for s in sample["sites"] if s["rounds"]}
     if not sites:
         return None
     fig = _figure()
     ax = fig.add_subplot()
     limits = set()
-    for i, site in enumerate(sites):
+    groups = grouped(sites.values(), _curve)
+    for i, group in enumerate(groups):
+        site = sites[group["names"][0]]
         color = COLORS[i % len(COLORS)]
         rounds = [r["round"] for r in site["rounds"]]
         values = [r["epsilon_cumulative"] for r in site["rounds"]]
-        ax.plot(rounds, values, marker="o", color=color, label=site["site"])
+        others = len(group["names"]) - 1
+        label = site["site"] + (f" and {others} more" if others else "")
+        ax.plot(rounds, values, marker="o", color=color, label=label)
         if site["max_epsilon"] is not None and site["max_epsilon"] not in limits:
             limits.add(site["max_epsilon"])
             ax.axhline(site["max_epsilon"], color=color, linestyle="--", linewidth=1)
@@ -65,7 +85,8 @@ def epsilon_plot(sample: dict[str, Any]) -> bytes | None:
     name = sample["accountant"]["name"].upper()
     _style(ax, "round", f"cumulative epsilon ({name})")
     ax.set_title("Sample-level epsilon per site (all runs on the same data)", fontsize=10)
-    ax.legend(fontsize=8, ncols=min(4, len(sites)), loc="lower right")
+    if len(groups) <= MAX_LEGEND:
+        ax.legend(fontsize=8, ncols=min(4, len(groups)), loc="lower right")
     return _png(fig)
 
 

@@ -1,20 +1,41 @@
 """report.md: the report as Markdown, for a ticket, a pull request or a terminal.
 
-A shorter view of report.json than the HTML page: summary, per-site epsilon, secure
-aggregation, anonymization, utility, audit and integrity, as plain tables.
+A shorter view of report.json than the HTML page: summary, epsilon per group of sites whose
+rows read the same (privacy.report.rows), secure aggregation, anonymization and cleansing,
+utility, audit and integrity, as plain tables.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from privacy.report.render_html import _delta, _eps, _num, _pct, max_claimed_epsilon
+from privacy.report import rows
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def _table(header: list[str], body: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in body]
     return [*lines, ""]
+
+
+ROUND_HEADER = ["round", "sigma", "C", "q", "steps", "epochs", "eps round", "eps total", "claim"]
+
+
+def _site_cells(group: dict[str, Any]) -> list[str]:
+    x = group["row"]
+    return [
+        rows.join(group["names"]),
+        x["epsilon"],
+        x["epsilon_rdp"],
+        x["mu"],
+        x["delta"],
+        f"{x['releases_before']} / {x['runs_before']}",
+        x["limit"],
+        x["left"],
+        x["person"],
+        x["rounds"],
+        x["refusals"],
+    ]
 
 
 def render_md(report: dict[str, Any]) -> str:
@@ -37,76 +58,57 @@ def render_md(report: dict[str, Any]) -> str:
             "",
         ]
         out += _table(
-            ["site", "epsilon", "epsilon (RDP)", "delta", "limit", "left", "rounds", "refusals"],
             [
-                [
-                    s["site"],
-                    _eps(s["epsilon"]),
-                    _eps(s["epsilon_rdp"]),
-                    _delta(s["delta"]),
-                    _eps(s["max_epsilon"]),
-                    _eps(s["epsilon_remaining"]),
-                    s["rounds_trained"],
-                    ", ".join(f"round {x['round']}" for x in s["refusals"]) or "none",
-                ]
-                for s in dp["sites"]
+                "sites",
+                "epsilon",
+                "epsilon (RDP)",
+                "mu (GDP)",
+                "delta",
+                "earlier releases / runs",
+                "limit",
+                "left",
+                "per person",
+                "rounds",
+                "refusals",
             ],
+            [_site_cells(g) for g in rows.grouped(dp["sites"], rows.site_row)],
         )
-        for s in dp["sites"]:
-            if s["rounds"]:
-                out += [
-                    f"### {s['site']}",
-                    "",
-                    *_table(
+        out += [
+            f"mu: mu-Gaussian DP, one curve for every delta >= "
+            f"{rows.delta(dp['gdp']['delta_floor'])} ({dp['gdp']['implementation']}).",
+            "",
+        ]
+        for g in rows.grouped([s for s in dp["sites"] if s["rounds"]], rows.round_rows):
+            out += [
+                f"### {rows.join(g['names'])}",
+                "",
+                *_table(
+                    ROUND_HEADER,
+                    [
                         [
-                            "round",
-                            "sigma",
-                            "C",
-                            "q",
-                            "steps",
-                            "epochs",
-                            "eps round",
-                            "eps cumulative",
-                            "claim",
-                        ],
-                        [
-                            [
-                                x["round"],
-                                _num(x["noise_multiplier"]),
-                                _num(x["clip_norm"]),
-                                _num(x["sample_rate"], 4),
-                                x["steps"],
-                                _num(x["epochs"]),
-                                _eps(x["epsilon_round"]),
-                                _eps(x["epsilon_cumulative"]),
-                                "matches"
-                                if x["claim_matches"]
-                                else f"MISMATCH ({x['claimed_epsilon']})",
-                            ]
-                            for x in s["rounds"]
-                        ],
-                    ),
-                ]
+                            x["round"],
+                            x["sigma"],
+                            x["clip"],
+                            x["q"],
+                            x["steps"],
+                            x["epochs"],
+                            x["epsilon_round"],
+                            x["epsilon_cumulative"],
+                            x["claim"],
+                        ]
+                        for x in g["row"]
+                    ],
+                ),
+            ]
     else:
         out += ["No differential privacy requested.", ""]
     if dp["sites"]:
         out += ["### What each site decided for itself", ""]
         out += _table(
-            ["site", "floor", "record count", "refusals"],
+            ["sites", "floor", "record count"],
             [
-                [
-                    s["site"],
-                    "; ".join(f"{k} = {v}" for k, v in (s.get("floor") or {}).items())
-                    or "not reported",
-                    "declared public" if s.get("record_count_public") else "kept private",
-                    "; ".join(
-                        f"round {f['round']}: {f['reason']}"
-                        + (f" ({f['floor']})" if f.get("floor") else "")
-                        for f in s["refusals"]
-                    )
-                    or "none",
-                ]
-                for s in dp["sites"]
+                [rows.join(g["names"]), g["row"]["floor"], g["row"]["record_count"]]
+                for g in rows.grouped(dp["sites"], rows.floor_row)
             ],
         )
     sa = r["secure_aggregation"]
@@ -129,20 +131,15 @@ def render_md(report: dict[str, Any]) -> str:
     else:
         out += ["Off: the server saw each site's update.", ""]
     if r["anonymization"]:
+        columns = ["release", "k", "l", "t", "suppressed", "dropped", "person", "imputed"]
         out += [
-            "## Anonymization",
+            "## Anonymization and cleansing",
             "",
             *_table(
-                ["site", "k", "l", "t", "suppressed"],
+                ["sites", *columns[:5], "cleansing dropped", "per person", "cells imputed"],
                 [
-                    [
-                        a["site"],
-                        a["achieved"].get("k"),
-                        a["achieved"].get("l_distinct"),
-                        _num(a["achieved"].get("t"), 3),
-                        a["suppressed_records"],
-                    ]
-                    for a in r["anonymization"]
+                    [rows.join(g["names"]), *(g["row"][c] for c in columns)]
+                    for g in rows.grouped(r["anonymization"], rows.anonymization_row)
                 ],
             ),
         ]
@@ -152,19 +149,34 @@ def render_md(report: dict[str, Any]) -> str:
         *_table(
             ["round", "test accuracy", "site eval accuracy"],
             [
-                [x["round"], _pct(x["test_accuracy"]), _pct(x["client_eval_accuracy"])]
+                [x["round"], rows.pct(x["test_accuracy"]), rows.pct(x["client_eval_accuracy"])]
                 for x in r["utility"]["rounds"]
             ],
         ),
     ]
     audit = r["audit"]
     if audit:
+        confidence = audit.get("confidence")
+        value = rows.eps(audit["eps_lb"])
+        bound = (
+            f"epsilon lower bound {value} at {rows.pct(confidence, 0)} confidence"
+            if confidence
+            else f"implied epsilon {value} (a point estimate, no confidence level)"
+        )
         out += ["## Empirical audit", "", f"{audit['eps_lb_label']}.", ""]
         out += [
-            f"- AUC {audit['auc']:.3f}; epsilon lower bound {_eps(audit['eps_lb'])} "
-            f"(accounted upper bound {_eps(max_claimed_epsilon(r))})"
+            f"- AUC {audit['auc']:.3f}; {bound} (accounted upper bound "
+            f"{rows.eps(rows.max_claimed_epsilon(r))})"
         ]
-        out += [f"- TPR at {_pct(x['fpr'], 1)} FPR: {_pct(x['tpr'], 2)}" for x in audit["low_fpr"]]
+        for x in audit["low_fpr"]:
+            if x.get("tpr_lower") is not None:
+                out.append(
+                    f"- at {rows.pct(x['fpr'], 1)} FPR: TPR {rows.pct(x['tpr'], 2)} (>= "
+                    f"{rows.pct(x['tpr_lower'], 2)}), FPR {rows.pct(x['fpr_measured'], 2)} (<= "
+                    f"{rows.pct(x['fpr_upper'], 2)}): epsilon >= {rows.eps(x['eps_lb'])}"
+                )
+            else:
+                out.append(f"- at {rows.pct(x['fpr'], 1)} FPR: TPR {rows.pct(x['tpr'], 2)}")
         out.append("")
     integrity = r["integrity"]
     out += [

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from importlib.metadata import version
 from typing import Any
 
+from privacy import gdp
 from privacy.accounting import PrivacyEvent, accountant_info, compute_epsilon
-from privacy.dp_ledger import Spending
+from privacy.dp_ledger import PLAIN_RELEASE, Spending
 from privacy.errors import FedVaultError
 from privacy.identity import Roster, decode_signature, ledger_head_bytes, verify
 from privacy.ledger import Row
@@ -30,7 +32,23 @@ TRUST_MODEL = (
 )
 TUNING = (
     "counted only where it spent from the same site ledgers: earlier runs on the same data "
-    "appear in epsilon_before_run; choices made on other data are outside this guarantee"
+    "(hyperparameter search included) appear in epsilon_before_run, releases_before_run and "
+    "runs_before_run; choices made on other data are outside this guarantee"
+)
+GDP_DEFINITION = (
+    "mu-Gaussian DP (Dong, Roth, Su 2022): telling whether a record took part is no easier "
+    "than telling N(0, 1) from N(mu, 1); one number that compares across accountants and deltas"
+)
+PERSON_LEVEL_BOUND = (
+    "group privacy over the k records a person may have (cleansing's max_records_per_person): "
+    "(epsilon, delta)-DP per record gives (k * epsilon, delta * (e^(k*epsilon) - 1) / "
+    "(e^epsilon - 1))-DP per person, at most (k * epsilon, k * e^((k-1)*epsilon) * delta) as in "
+    "Dwork and Roth 2014, Sec. 2.3; applied to the site's own (epsilon, delta); delta null when "
+    "it reaches 1 (no person-level guarantee)"
+)
+RUNS_UNKNOWN = (
+    "not known: the site reported its events, which do not say which run made them (its own "
+    "ledger is not in the run directory)"
 )
 OUTSIDE = (
     "each site's sampling rate q = 1/ceil(N/B) and number of steps, which reveal its number "
@@ -46,10 +64,11 @@ def _key(events: Sequence[PrivacyEvent]) -> tuple:
 
 
 class EpsilonCache:
-    """compute_epsilon, memoised: sites with equal histories cost one computation."""
+    """compute_epsilon and gdp_mu, memoised: sites with equal histories cost one computation."""
 
     def __init__(self) -> None:
         self._values: dict[tuple, float | None] = {}
+        self._mus: dict[tuple, float | None] = {}
         self.errors: dict[tuple, str] = {}
 
     def __call__(self, events: Sequence[PrivacyEvent], delta: float, accountant: str) -> float:
@@ -62,6 +81,17 @@ class EpsilonCache:
                 self.errors[key] = str(exc)
         value = self._values[key]
         return math.inf if value is None else value
+
+    def mu(self, events: Sequence[PrivacyEvent]) -> float | None:
+        """The events' mu-GDP (privacy.gdp), or None (with an error) where it is not computed."""
+        key = (_key(events), "gdp")
+        if key not in self._mus:
+            try:
+                self._mus[key] = gdp.gdp_mu(list(events))
+            except FedVaultError as exc:
+                self._mus[key] = None
+                self.errors[key] = str(exc)
+        return self._mus[key]
 
 
 def _differs(claimed: Any, recomputed: float) -> bool:
@@ -249,18 +279,71 @@ def site_names(inputs: RunInputs) -> list[str]:
         if isinstance(site, str) and site not in names:
             names.append(site)
     names.extend(s for s in inputs.site_ledgers if s not in names)
-    return sorted(names, key=_natural)
+    return sorted(names, key=natural_key)
 
 
-def _natural(name: str) -> tuple:
+def natural_key(name: str) -> tuple:
+    """site-2 before site-10: sites sort as people count them."""
     head, _, tail = name.rpartition("-")
     return (head, int(tail)) if tail.isdigit() else (name, 0)
 
 
+def _runs_before(ledgers: list[LedgerFile], head: str, run_id: str | None) -> int | None:
+    """Distinct earlier runs whose releases count in the site ledger before this run's first.
+
+    Read from the ledger up to the head the site reported after this run's first release:
+    every run id with a reservation that was not cancelled, or with a release without DP,
+    except this run's own. None where the site ledger is not in the run directory.
+    """
+    found = _ledger_prefix(ledgers, head)
+    if found is None or run_id is None:
+        return None
+    ledger, head_row = found
+    prefix = [row for row in ledger.rows if row.seq <= head_row.seq]
+    spending = Spending.of(prefix)
+    runs = {
+        str(row.payload.get("run_id"))
+        for spend_id, row in spending.reserved.items()
+        if spend_id not in spending.cancelled
+    }
+    runs |= {str(row.payload.get("run_id")) for row in prefix if row.kind == PLAIN_RELEASE}
+    runs.discard(run_id)
+    return len(runs)
+
+
+def group_privacy(epsilon: float, delta: float, records: int) -> dict[str, Any]:
+    """A person's guarantee from the per-record (epsilon, delta) when they have `records`.
+
+    Chaining the (epsilon, delta) inequality over the k records that separate two datasets
+    gives P[M(D) in S] <= e^(k eps) P[M(D') in S] + delta * sum_{i<k} e^(i eps), so the person
+    is (k eps, delta (e^(k eps) - 1) / (e^eps - 1))-DP; the sum is at most k e^((k-1) eps)
+    delta, the form Dwork and Roth (2014, Sec. 2.3) state. Computed in log space; a delta
+    that reaches 1 is null: there is no person-level guarantee left to state.
+    """
+    if epsilon > 0:
+        log_sum = records * epsilon + math.log(-math.expm1(-records * epsilon))
+        log_sum -= epsilon + math.log(-math.expm1(-epsilon))
+    else:
+        log_sum = math.log(records)
+    log_delta = math.log(delta) + log_sum
+    return {
+        "records_per_person": records,
+        "epsilon": records * epsilon,
+        "delta": math.exp(log_delta) if log_delta < 0 else None,
+    }
+
+
 def sample_level(
-    inputs: RunInputs, findings: list[dict[str, str]], epsilon: EpsilonCache
+    inputs: RunInputs,
+    findings: list[dict[str, str]],
+    epsilon: EpsilonCache,
+    records_per_person: Mapping[str, int | None],
 ) -> dict[str, Any]:
-    """The `sample_level_dp` section: per site, per round, recomputed."""
+    """The `sample_level_dp` section: per site, per round, recomputed.
+
+    `records_per_person` is each site's per-person contribution bound from its cleansing
+    (absent: unknown); a bound above 1 adds the person-level guarantee by group privacy.
+    """
     enabled = bool(inputs.config.get("dp"))
     accountant = str(inputs.config.get("accountant", "prv"))
     by_site: dict[str, list[Row]] = {}
@@ -274,12 +357,11 @@ def sample_level(
         rows = by_site.get(site, [])
         if not rows and site not in refusals:
             continue
+        ledgers = inputs.site_ledgers.get(site, [])
         records, events = [], []
         first_events: list[PrivacyEvent] | None = None
         for row in rows:
-            record, events = _site_round(
-                site, row, inputs.site_ledgers.get(site, []), epsilon, findings, inputs.roster
-            )
+            record, events = _site_round(site, row, ledgers, epsilon, findings, inputs.roster)
             records.append(record)
             if first_events is None:
                 first_events = events[:-1]
@@ -288,6 +370,12 @@ def sample_level(
         limit = payload.get("max-epsilon")
         final = records[-1]["epsilon_cumulative"] if records else None
         trained = [r for r in records if r["purpose"] == "train"]
+        runs_before = (
+            _runs_before(ledgers, str(rows[0].payload.get("ledger-head", "")), records[0]["run_id"])
+            if records
+            else None
+        )
+        bound = records_per_person.get(site)
         sites.append(
             {
                 "site": site,
@@ -299,14 +387,28 @@ def sample_level(
                 "record_count_public": payload.get("public-record-count"),
                 "epsilon": final,
                 "epsilon_rdp": records[-1]["epsilon_cumulative_rdp"] if records else None,
+                "gdp_mu": epsilon.mu(events) if records else None,
                 "epsilon_before_run": _finite(epsilon(first_events, delta, accountant))
                 if first_events is not None
                 else None,
+                "releases_before_run": len(first_events) if first_events is not None else None,
+                "runs_before_run": runs_before,
+                "runs_before_run_source": (
+                    "no release in this run"
+                    if not records
+                    else f"site ledger {records[0]['site_ledger']}"
+                    if runs_before is not None
+                    else RUNS_UNKNOWN
+                ),
                 "epsilon_remaining": (
                     round(limit - final, 12)
                     if isinstance(limit, int | float) and final is not None
                     else None
                 ),
+                "records_per_person": bound,
+                "person_level": group_privacy(final, delta, bound)
+                if final is not None and bound is not None and bound > 1
+                else None,
                 "rounds_trained": len(trained),
                 "evaluations": len(records) - len(trained),
                 "rounds": records,
@@ -314,7 +416,7 @@ def sample_level(
             }
         )
     for message in epsilon.errors.values():
-        findings.append(_finding("warning", f"epsilon not computed for one history: {message}"))
+        findings.append(_finding("warning", f"not computed for one history: {message}"))
     return {
         "enabled": enabled,
         "unit_of_privacy": UNIT,
@@ -327,5 +429,12 @@ def sample_level(
         "outside_guarantee": list(OUTSIDE),
         "accountant": accountant_info(accountant),
         "cross_check_accountant": accountant_info("rdp"),
+        "gdp": {
+            "definition": GDP_DEFINITION,
+            "method": gdp.METHOD,
+            "delta_floor": gdp.DELTA_FLOOR,
+            "implementation": f"dp-accounting {version('dp-accounting')}",
+        },
+        "person_level_bound": PERSON_LEVEL_BOUND,
         "sites": sites,
     }

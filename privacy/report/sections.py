@@ -14,6 +14,7 @@ from typing import Any
 
 from privacy.errors import FedVaultError
 from privacy.report.inputs import RunInputs
+from privacy.report.sample_dp import natural_key
 
 SOFTWARE = ("fedvault", "flwr", "torch", "opacus", "dp-accounting", "cryptography", "numpy")
 CLAIM_TOLERANCE = 1e-6
@@ -230,7 +231,11 @@ def _transport(inputs: RunInputs) -> dict[str, Any]:
 
 
 def anonymization(inputs: RunInputs) -> list[dict[str, Any]]:
-    """Per site, the anonymization report its policy produced (first one in the run)."""
+    """Per site in site order, the anonymization report its policy produced (first in the run).
+
+    `release` and `cleaning` are null in rows written before sites reported them: the
+    summary then says the release kind is unknown rather than calling it anonymized.
+    """
     sites = []
     for row in inputs.rows("anonymization"):
         p = row.payload
@@ -240,9 +245,13 @@ def anonymization(inputs: RunInputs) -> list[dict[str, Any]]:
                 "round": p.get("round"),
                 "policy": p.get("policy"),
                 "method": p.get("method"),
+                "release": p.get("release"),
+                "release_note": p.get("release_note"),
                 "targets": p.get("targets"),
                 "achieved": _weakest(p.get("achieved") or {}),
+                "cleaning": p.get("cleaning"),
                 "rows_in": p.get("rows_in"),
+                "rows_after_cleaning": p.get("rows_after_cleaning"),
                 "rows_out": p.get("rows_out"),
                 "suppressed_records": p.get("suppressed_records"),
                 "suppressed_share": p.get("suppressed_share"),
@@ -252,7 +261,15 @@ def anonymization(inputs: RunInputs) -> list[dict[str, Any]]:
                 "columns": p.get("columns") or {},
             }
         )
-    return sites
+    return sorted(sites, key=lambda site: natural_key(str(site["site"])))
+
+
+def records_per_person(anonymization: list[dict[str, Any]]) -> dict[str, int | None]:
+    """Each anonymizing site's per-person bound from its cleansing (None: nobody checked)."""
+    return {
+        str(site["site"]): (site["cleaning"] or {}).get("max_records_per_person")
+        for site in anonymization
+    }
 
 
 def _weakest(achieved: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Ed25519 signatures over report.json: who wrote the report, and that no byte changed since.
 
-The server keeps one signing key in its state directory (PEM, 0600) with its public half
-beside it (`.pub`), which it can hand to reviewers. The signature covers the exact bytes of
-report.json; report.json names the signer by the SHA-256 of its raw public key, so a reviewer
-who pins that key (`--public-key`) also detects a report re-signed with another key.
+The server keeps one signing key in its state directory (PEM, 0600, encrypted at rest under
+its passphrase: privacy/keystore.py) with its public half beside it (`.pub`), which it can
+hand to reviewers. The signature covers the exact bytes of report.json; report.json names
+the signer by the SHA-256 of its raw public key, so a reviewer who pins that key
+(`--public-key`) also detects a report re-signed with another key.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from privacy.atomic import atomic_write_bytes
 from privacy.errors import FedVaultError
+from privacy.keystore import find_passphrase, load_private_key, private_key_bytes
 
 ALGORITHM = "Ed25519"
 
@@ -35,23 +37,23 @@ def public_key_path(key_path: Path) -> Path:
     return key_path.with_name(key_path.name + ".pub")
 
 
-def load_or_create_signing_key(path: str | Path) -> Ed25519PrivateKey:
-    """The Ed25519 signing key at `path`; created (0600, PEM, public key beside it) if absent."""
+def load_or_create_signing_key(
+    path: str | Path, passphrase: bytes | None = None
+) -> Ed25519PrivateKey:
+    """The Ed25519 signing key at `path`; created (0600, PEM, public key beside it) if absent.
+
+    Whoever holds it can sign a forged report, so a new key is encrypted under the passphrase
+    (given, else the one in the environment `fedvault server` passes to the ServerApp), and
+    an encrypted one needs it to load.
+    """
     path = Path(path)
     if not path.exists():
         key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        atomic_write_bytes(path, pem, mode=0o600)
+        secret = passphrase if passphrase is not None else find_passphrase()
+        atomic_write_bytes(path, private_key_bytes(key, secret), mode=0o600)
         atomic_write_bytes(public_key_path(path), public_pem(key.public_key()))
         return key
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise FedVaultError(f"cannot read signing key {path}: {exc}") from None
+    key = load_private_key(path, "signing key", passphrase)
     if not isinstance(key, Ed25519PrivateKey):
         raise FedVaultError(f"signing key {path} is not an Ed25519 private key")
     if not public_key_path(path).exists():

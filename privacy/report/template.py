@@ -44,10 +44,12 @@ REPORT_HTML = r"""<!DOCTYPE html>
            vertical-align: top; }
   th { background: var(--soft); font-weight: 600; }
   td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+  td.num { white-space: nowrap; }
   table.facts th { width: 30%; background: none; color: var(--muted); font-weight: 500; }
   .ok { color: var(--ok); } .bad { color: var(--bad); font-weight: 600; }
   .note { color: var(--muted); font-size: 13px; }
   .lower-bound { background: var(--warnbg); border-left: 4px solid #e0a800; padding: 8px 14px; }
+  details { margin: 6px 0 10px; } summary { cursor: pointer; color: var(--accent); }
   figure { margin: 10px 0 16px; text-align: center; }
   figure img { max-width: 100%; border: 1px solid var(--line); }
   figcaption { color: var(--muted); font-size: 12.5px; }
@@ -96,43 +98,50 @@ REPORT_HTML = r"""<!DOCTYPE html>
   <tr><th>Algorithm</th><td>{{ dp.algorithm }}</td></tr>
   <tr><th>Trust model</th><td>{{ dp.trust_model }}</td></tr>
   <tr><th>Accountant</th><td>{{ dp.accountant.name | upper }} ({{ dp.accountant.class }}, opacus {{ dp.accountant.version }}): {{ dp.accountant.bound }}</td></tr>
+  <tr><th>Gaussian DP (&mu;)</th><td>{{ dp.gdp.definition }}. Computed as the {{ dp.gdp.method }} ({{ dp.gdp.implementation }}).</td></tr>
   <tr><th>Sampling assumption</th><td>{{ dp.accountant.sampling }}</td></tr>
   <tr><th>Scope</th><td>{{ dp.scope }}</td></tr>
   <tr><th>Hyperparameter tuning</th><td>{{ dp.hyperparameter_tuning }}</td></tr>
+  {% if dp.sites | selectattr("person_level") | list %}<tr><th>Per person</th><td>{{ dp.person_level_bound }}</td></tr>{% endif %}
   <tr><th>Outside this guarantee</th><td><ul>{% for o in dp.outside_guarantee %}<li>{{ o }}</li>{% endfor %}</ul></td></tr>
 </table>
+<p class="note">Sites whose rows read the same share one row.</p>
 <table>
-  <tr><th>Site</th><th class="num">&epsilon; ({{ dp.accountant.name | upper }})</th><th class="num">&epsilon; (RDP)</th>
-      <th class="num">&delta;</th><th class="num">before this run</th><th class="num">limit</th><th class="num">left</th>
-      <th class="num">rounds trained</th><th>noise</th><th>refusals</th></tr>
-  {% for s in dp.sites %}
-  <tr><td>{{ s.site }}</td><td class="num"><strong>{{ s.epsilon | eps }}</strong></td><td class="num">{{ s.epsilon_rdp | eps }}</td>
-      <td class="num">{{ s.delta | delta }}</td><td class="num">{{ s.epsilon_before_run | eps }}</td>
-      <td class="num">{{ s.max_epsilon | eps }}</td><td class="num">{{ s.epsilon_remaining | eps }}</td>
-      <td class="num">{{ s.rounds_trained }}</td>
-      <td>{% if s.secure_rng is sameas false %}<span class="bad">seeded: no guarantee</span>{% elif s.secure_rng %}site CSPRNG{% else %}not reported{% endif %}</td>
-      <td>{% for f in s.refusals %}round {{ f.round }} ({{ f.reason }}{% if f.floor %}: {{ f.floor }}{% endif %}){% if not loop.last %}, {% endif %}{% else %}none{% endfor %}</td></tr>
+  <tr><th>Sites</th><th class="num">&epsilon; ({{ dp.accountant.name | upper }})</th><th class="num">&epsilon; (RDP)</th>
+      <th class="num">&mu; (GDP)</th><th class="num">&delta;</th><th class="num">&epsilon; before this run</th>
+      <th class="num">earlier releases / runs</th><th class="num">limit</th><th class="num">left</th>
+      <th>per person</th><th class="num">rounds trained</th><th>noise</th><th>refusals</th></tr>
+  {% for g in site_groups %}{% set x = g.row %}
+  <tr><td>{{ g.names | names }}</td><td class="num"><strong>{{ x.epsilon }}</strong></td><td class="num">{{ x.epsilon_rdp }}</td>
+      <td class="num"><strong>{{ x.mu }}</strong></td><td class="num">{{ x.delta }}</td><td class="num">{{ x.before }}</td>
+      <td class="num">{{ x.releases_before }} / {{ x.runs_before }}</td><td class="num">{{ x.limit }}</td><td class="num">{{ x.left }}</td>
+      <td>{{ x.person }}</td><td class="num">{{ x.rounds }}</td>
+      <td>{% if x.noise.startswith("seeded") %}<span class="bad">{{ x.noise }}</span>{% else %}{{ x.noise }}{% endif %}</td>
+      <td>{{ x.refusals }}</td></tr>
   {% endfor %}
 </table>
+<div class="note">&mu;: one curve for all &delta; &ge; {{ dp.gdp.delta_floor | delta }}, comparable across accountants. Earlier runs: distinct runs in the site's own ledger before this run's first release (&ndash;: not known from what the site reported).</div>
 {% if plots['epsilon.png'] %}
 <figure><img alt="cumulative epsilon per site and round" src="data:image/png;base64,{{ plots['epsilon.png'] }}">
-<figcaption>Cumulative epsilon after each round, recomputed from the recorded privacy events; dashed: the site's own limit. Sites with equal epsilons overlap.</figcaption></figure>
+<figcaption>Cumulative epsilon after each round, recomputed from the recorded privacy events; dashed: the site's own limit. One line per group of sites with the same epsilons.</figcaption></figure>
 {% endif %}
-{% for s in dp.sites if s.rounds %}
-<h3>{{ s.site }}: per round</h3>
+<h3>Per round</h3>
+{% for g in round_groups %}
+<details{% if not fold %} open{% endif %}><summary>{{ g.names | names }}: {{ g.row | length }} release(s)</summary>
 <table>
-  <tr><th class="num">round</th><th class="num">&sigma;</th><th class="num">C</th><th class="num">q</th>
+  <tr><th class="num">round</th><th>purpose</th><th class="num">&sigma;</th><th class="num">C</th><th class="num">q</th>
       <th class="num">steps</th><th class="num">epochs</th><th class="num">&epsilon; this round alone</th>
-      <th class="num">&epsilon; cumulative</th><th class="num">&epsilon; cumulative (RDP)</th><th>site's claim</th></tr>
-  {% for x in s.rounds %}
-  <tr><td class="num">{{ x.round }}</td><td class="num">{{ x.noise_multiplier | num }}</td><td class="num">{{ x.clip_norm | num }}</td>
-      <td class="num">{{ x.sample_rate | num(4) }}</td><td class="num">{{ x.steps }}</td><td class="num">{{ x.epochs | num }}</td>
-      <td class="num">{{ x.epsilon_round | eps }}</td><td class="num"><strong>{{ x.epsilon_cumulative | eps }}</strong></td>
-      <td class="num">{{ x.epsilon_cumulative_rdp | eps }}</td>
-      <td>{% if x.claim_matches %}<span class="ok">&#10003; matches</span>{% else %}<span class="bad">&#10007; claimed {{ x.claimed_epsilon | eps }}</span>{% endif %}</td></tr>
+      <th class="num">&epsilon; cumulative</th><th class="num">&epsilon; cumulative (RDP)</th><th>site's claim</th><th>events from</th></tr>
+  {% for x in g.row %}
+  <tr><td class="num">{{ x.round }}</td><td>{{ x.purpose }}</td><td class="num">{{ x.sigma }}</td><td class="num">{{ x.clip }}</td>
+      <td class="num">{{ x.q }}</td><td class="num">{{ x.steps }}</td><td class="num">{{ x.epochs }}</td>
+      <td class="num">{{ x.epsilon_round }}</td><td class="num"><strong>{{ x.epsilon_cumulative }}</strong></td>
+      <td class="num">{{ x.epsilon_cumulative_rdp }}</td>
+      <td>{% if x.claim == "matches" %}<span class="ok">&#10003; matches</span>{% else %}<span class="bad">&#10007; {{ x.claim }}</span>{% endif %}</td>
+      <td>{{ x.source }}</td></tr>
   {% endfor %}
 </table>
-<div class="note">Events from {{ s.rounds[-1].events_source }}; run id {{ s.rounds[-1].run_id or "not recorded" }}. &delta; = {{ s.delta | delta }}.</div>
+</details>
 {% endfor %}
 {% else %}
 <p><strong>No differential privacy requested.</strong> The run asked for plain SGD: whatever a site
@@ -141,12 +150,9 @@ trained carries no formal bound on what it reveals about one record.</p>
 {% if dp.sites %}
 <h3>What each site decided for itself</h3>
 <table>
-  <tr><th>Site</th><th>privacy floor (its own settings)</th><th>record count</th><th>refusals</th></tr>
-  {% for s in dp.sites %}
-  <tr><td>{{ s.site }}</td>
-      <td>{% if s.floor %}{% for k, v in s.floor.items() %}{{ k }} = {{ v }}{% if not loop.last %}; {% endif %}{% endfor %}{% else %}not reported{% endif %}</td>
-      <td>{% if s.record_count_public %}declared public{% else %}kept private{% endif %}</td>
-      <td>{% for f in s.refusals %}round {{ f.round }}: {{ f.reason }}{% if f.floor %} ({{ f.floor }}){% endif %}{% if not loop.last %}; {% endif %}{% else %}none{% endfor %}</td></tr>
+  <tr><th>Sites</th><th>privacy floor (its own settings)</th><th>record count</th></tr>
+  {% for g in floor_groups %}
+  <tr><td>{{ g.names | names }}</td><td>{{ g.row.floor }}</td><td>{{ g.row.record_count }}</td></tr>
   {% endfor %}
 </table>
 {% endif %}
@@ -203,30 +209,46 @@ trained carries no formal bound on what it reveals about one record.</p>
 <p>Secure aggregation was off: the server saw each site's update in the clear.</p>
 {% endif %}
 
-<h2>Anonymization</h2>
-{% for a in r.anonymization %}
-<h3>{{ a.site }} <span class="note">policy {{ a.policy }}, {{ a.method }}</span></h3>
-<div class="grid">
-<table class="facts">
-  <tr><th>k (achieved)</th><td>{{ a.achieved.k }}</td></tr>
-  <tr><th>l distinct / entropy</th><td>{{ a.achieved.l_distinct }} / {{ a.achieved.l_entropy | num }}</td></tr>
-  <tr><th>t (closeness)</th><td>{{ a.achieved.t | num(3) }}</td></tr>
-  <tr><th>Targets</th><td>{% for k, v in (a.targets or {}).items() %}{{ k }} = {{ v }}{% if not loop.last %}, {% endif %}{% endfor %}</td></tr>
+<h2>Anonymization and cleansing</h2>
+{% if r.anonymization %}
+<details{% if not fold %} open{% endif %}><summary>{{ r.anonymization | length }} site(s) applied an anonymization policy before training: per-site results</summary>
+<table>
+  <tr><th>sites</th><th>release</th><th class="num">k</th><th class="num">l</th><th class="num">t</th>
+      <th class="num">rows in</th><th>cleansing dropped</th><th>per person</th><th class="num">cells imputed</th>
+      <th class="num">suppressed</th><th class="num">rows out</th></tr>
+  {% for g in anonymization_groups %}{% set x = g.row %}
+  <tr><td>{{ g.names | names }}</td>
+      <td>{% if x.release == "pseudonymized" %}<span class="bad">pseudonymized</span> (not anonymized){% else %}{{ x.release }}{% endif %}</td>
+      <td class="num">{{ x.k }}</td><td class="num">{{ x.l }}</td><td class="num">{{ x.t }}</td><td class="num">{{ x.rows_in }}</td>
+      <td>{{ x.dropped }}</td><td>{{ x.person }}</td><td class="num">{{ x.imputed }}</td>
+      <td class="num">{{ x.suppressed }}</td><td class="num">{{ x.rows_out }}</td></tr>
+  {% endfor %}
 </table>
+{% for a in r.anonymization %}
+<details><summary>{{ a.site }}: policy {{ a.policy }}, {{ a.method }}</summary>
+{% if a.release_note %}<p>{{ a.release_note }}.</p>{% endif %}
 <table class="facts">
-  <tr><th>Rows in / out</th><td>{{ a.rows_in }} / {{ a.rows_out }}</td></tr>
-  <tr><th>Suppressed</th><td>{{ a.suppressed_records }} ({{ a.suppressed_share | pct }})</td></tr>
+  <tr><th>Targets</th><td>{% for k, v in (a.targets or {}).items() %}{{ k }} = {{ v }}{% if not loop.last %}, {% endif %}{% endfor %}</td></tr>
+  <tr><th>l entropy</th><td>{{ a.achieved.l_entropy | num }}</td></tr>
+  <tr><th>Rows in / after cleansing / out</th><td>{{ a.rows_in }} / {{ a.rows_after_cleaning | dash }} / {{ a.rows_out }}</td></tr>
   <tr><th>Equivalence classes</th><td>{{ a.equivalence_classes }}</td></tr>
   <tr><th>Re-identification risk</th><td>{% for k, v in a.risk.items() %}{{ k }} {{ v | num(3) }}{% if not loop.last %}, {% endif %}{% endfor %}</td></tr>
+  {% if a.cleaning %}<tr><th>Cleansing</th><td>{% if a.cleaning.declared %}declared in the policy{% else %}no [cleaning] table: the table was only checked{% endif %}; duplicates {{ a.cleaning.duplicates.rule or "no rule" }}, {{ a.cleaning.duplicates.found }} found; clipped {{ a.cleaning.cells_clipped }}, recoded {{ a.cleaning.cells_recoded }}</td></tr>{% endif %}
 </table>
-</div>
+</details>
+{% endfor %}
+{% for g in column_groups %}
+<details><summary>Columns and cleansing rules: {{ g.names | names }}</summary>
 <table>
-  <tr><th>column</th><th>role</th><th>transformation</th></tr>
-  {% for name, col in a.columns.items() %}<tr><td>{{ name }}</td><td>{{ col.role }}</td><td>{{ col.transformation }}</td></tr>{% endfor %}
+  <tr><th>column</th><th>role</th><th>transformation</th><th>cleansing rules</th><th>cleansing counts</th></tr>
+  {% for x in g.row %}<tr><td>{{ x.column }}</td><td>{{ x.role }}</td><td>{{ x.transformation }}</td><td>{{ x.rules }}</td><td>{{ x.counts }}</td></tr>{% endfor %}
 </table>
+</details>
+{% endfor %}
+</details>
 {% else %}
 <p class="note">No site applied an anonymization policy in this run.</p>
-{% endfor %}
+{% endif %}
 
 {% set u = r.utility %}
 <h2>Model utility</h2>
@@ -257,9 +279,9 @@ this attack's implied epsilon should lie below it.</div>
   <tr><th>AUC</th><td>{{ a.auc | num(3) }}</td></tr>
   <tr><th>Best accuracy</th><td>{{ a.best_accuracy | pct }}</td></tr>
   {% for x in a.low_fpr %}
-  <tr><th>TPR at {{ x.fpr | pct(1) }} FPR</th><td>{% if x.resolvable %}{{ x.tpr | pct(2) }} &rarr; &epsilon; &ge; {{ x.eps_lb | eps }}{% else %}not measurable with {{ a.nonmembers }} non-members{% endif %}</td></tr>
+  <tr><th>At {{ x.fpr | pct(1) }} FPR</th><td>{% if x.resolvable %}TPR {{ x.tpr | pct(2) }} measured{% if x.tpr_lower is defined and x.tpr_lower is not none %} (&ge; {{ x.tpr_lower | pct(2) }}), FPR {{ x.fpr_measured | pct(2) }} (&le; {{ x.fpr_upper | pct(2) }}){% endif %} &rarr; &epsilon; &ge; {{ x.eps_lb | eps }}{% else %}not measurable with {{ a.nonmembers }} non-members{% endif %}</td></tr>
   {% endfor %}
-  <tr><th>Epsilon lower bound</th><td><strong>{{ a.eps_lb | eps }}</strong> (&delta; = {{ a.delta | delta }}){% if max_claimed is not none %} vs accounted upper bound {{ max_claimed | eps }}{% endif %}</td></tr>
+  <tr><th>{% if a.confidence %}Epsilon lower bound at {{ a.confidence | pct(0) }} confidence{% else %}Implied epsilon (point estimate, no confidence level){% endif %}</th><td><strong>{{ a.eps_lb | eps }}</strong> (&delta; = {{ a.delta | delta }}){% if max_claimed is not none %} vs accounted upper bound {{ max_claimed | eps }}{% endif %}</td></tr>
 </table>
 {% if plots['audit-roc.png'] %}<figure><img alt="ROC of the attack" src="data:image/png;base64,{{ plots['audit-roc.png'] }}"></figure>{% endif %}
 </div>
@@ -282,23 +304,33 @@ this attack's implied epsilon should lie below it.</div>
 </table>
 </div>
 {% if p.datasets %}
+<details{% if not fold %} open{% endif %}><summary>Dataset identities of {{ p.datasets | length }} site ledger(s)</summary>
 <table>
   <tr><th>site</th><th>dataset identity (sha256)</th><th>site ledger</th></tr>
   {% for d in p.datasets %}<tr><td>{{ d.site }}</td><td class="hash">{{ d.dataset_sha256 }}</td><td><code>{{ d.ledger }}</code></td></tr>{% endfor %}
 </table>
+</details>
 {% endif %}
-<h3>Configuration</h3>
+<details><summary>Configuration ({{ p.config | length }} settings, sha256 above)</summary>
 <table class="facts">
   {% for k, v in p.config | dictsort %}<tr><th>{{ k }}</th><td><code>{{ v }}</code></td></tr>{% endfor %}
 </table>
+</details>
 
 {% set i = r.integrity %}
 <h2>Integrity</h2>
 <table>
   <tr><th>ledger</th><th class="num">rows</th><th>chain head</th></tr>
   <tr><td><code>{{ i.run_ledger.file }}</code></td><td class="num">{{ i.run_ledger.rows }}</td><td class="hash">{{ i.run_ledger.head }}</td></tr>
+</table>
+{% if i.site_ledgers %}
+<details{% if not fold %} open{% endif %}><summary>{{ i.site_ledgers | length }} site ledger(s)</summary>
+<table>
+  <tr><th>ledger</th><th class="num">rows</th><th>chain head</th></tr>
   {% for l in i.site_ledgers %}<tr><td><code>{{ l.file }}</code></td><td class="num">{{ l.rows }}</td><td class="hash">{{ l.head }}</td></tr>{% endfor %}
 </table>
+</details>
+{% endif %}
 {% if i.signature %}
 <p>report.json is signed with {{ i.signature.algorithm }}; signer key sha256
 <span class="hash">{{ i.signature.public_key_sha256 }}</span>. Check with
