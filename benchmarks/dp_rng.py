@@ -8,7 +8,7 @@ setting used to seed). Both train one local epoch of the same model on the same 
 with the same batch size and noise, interleaved over several repetitions on this shared
 machine; only same-repetition ratios are compared and the median is reported.
 
-    python -m benchmarks.dp_rng                      # 9,000 records, batch 512, 7 repetitions
+    python -m benchmarks.dp_rng                      # 9,000 records, batch 512, 15 repetitions
     python -m benchmarks.dp_rng --records 1800 --batch-size 64
 """
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--records", type=int, default=9000, help="default 9000 (one site)")
     parser.add_argument("--batch-size", type=int, default=512, help="default 512")
-    parser.add_argument("--repetitions", type=int, default=7, help="default 7")
+    parser.add_argument("--repetitions", type=int, default=15, help="default 15")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = load_mnist1d(max(args.records, 1000), 1000, 0)

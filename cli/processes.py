@@ -168,21 +168,45 @@ def become_subreaper() -> None:
 def die_with_parent() -> Callable[[], None] | None:
     """A `preexec_fn` that makes the child get SIGKILL when this process dies (Linux).
 
-    None where prctl is unavailable. The check after prctl covers a parent that died
-    between fork and prctl (the child would otherwise never get the signal).
+    None where prctl is unavailable.
     """
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+    prctl = _prctl()
+    if prctl is None:
         return None
     parent = os.getpid()
+    return lambda: _arm_death_signal(prctl, parent)
 
-    def arm() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
 
-    return arm
+def arm_parent_death_signal() -> None:
+    """SIGKILL for this process when the one that started it dies (Linux; else a no-op).
+
+    For programs Flower starts itself (the SuperNode's SuperExec, its ClientApps), whose
+    own watch on their parent can be late or stuck; the setting survives an exec.
+    """
+    prctl = _prctl()
+    if prctl is not None:
+        _arm_death_signal(prctl, os.getppid())
+
+
+def _prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _arm_death_signal(prctl: Callable[..., int], parent: int) -> None:
+    """Arm the signal; the check after it covers a parent that died just before (the
+    process would otherwise never get the signal)."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def exec_flower(program: str) -> None:
+    """Replace this process with Flower's `program` from this environment, same arguments."""
+    path = executable(program)
+    os.execv(path, [path, *sys.argv[1:]])
 
 
 @dataclass

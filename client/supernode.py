@@ -169,15 +169,24 @@ def keep_roster(state_dir: Path, source: Path) -> None:
 
 
 def write_clientapp_launcher(state_dir: Path, python: str) -> Path:
-    """`bin/flwr-clientapp` in the state dir, running the site's own ClientApp process.
+    """`bin/` in the state dir: the two programs the SuperNode starts by bare name.
 
-    Flower starts each ClientApp process by the bare name `flwr-clientapp`; with this
-    directory first on the SuperNode's PATH that is client/app_process.py, which serves
-    only approved builds, with the site's installed code. Returns the directory.
+    With this directory first on the SuperNode's PATH, `flwr-clientapp` is
+    client/app_process.py, which serves only approved builds with the site's installed code,
+    and `flower-superexec` is Flower's own, bound to the SuperNode's life. Both get SIGKILL
+    when the process that started them dies (cli/processes.py), so a SuperNode killed
+    outright leaves no SuperExec and no ClientApp running with the site's keys and data.
+    Returns the directory.
     """
     folder = state_dir / "bin"
-    script = f"#!{python}\nfrom client.app_process import main\n\nmain()\n"
-    atomic_write_text(folder / "flwr-clientapp", script, mode=0o700)
+    arm = "from cli.processes import arm_parent_death_signal\n\narm_parent_death_signal()\n"
+    clientapp = f"#!{python}\n{arm}from client.app_process import main\n\nmain()\n"
+    superexec = (
+        f"#!{python}\n{arm}from cli.processes import exec_flower\n\n"
+        'exec_flower("flower-superexec")\n'
+    )
+    atomic_write_text(folder / "flwr-clientapp", clientapp, mode=0o700)
+    atomic_write_text(folder / "flower-superexec", superexec, mode=0o700)
     return folder
 
 

@@ -30,7 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from privacy import keystore
 from privacy.atomic import atomic_write_bytes
 from privacy.errors import FedVaultError
-from privacy.keystore import check_private_file, private_key_bytes
+from privacy.keystore import check_private_file, private_key_bytes, read_file
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -268,18 +268,9 @@ def init_certificates(
     return paths
 
 
-def _read(path: Path, what: str) -> bytes:
-    if not path.is_file():
-        raise FedVaultError(f"{what} not found: {path}")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise FedVaultError(f"cannot read {what} {path}: {exc.strerror}") from None
-
-
 def load_certificate(path: str | os.PathLike[str], what: str = "certificate") -> x509.Certificate:
     """Read a PEM certificate; a missing or corrupt file is a FedVaultError."""
-    data = _read(Path(path), what)
+    data = read_file(Path(path), what)
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError:
@@ -366,7 +357,7 @@ def fingerprint(key: ec.EllipticCurvePublicKey) -> str:
 
 def load_node_public_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePublicKey:
     """Read a site's OpenSSH public key; it must be EC P-384."""
-    data = _read(Path(path), "public key")
+    data = read_file(Path(path), "public key")
     try:
         key = serialization.load_ssh_public_key(data.strip())
     except (ValueError, UnsupportedAlgorithm):

@@ -126,7 +126,8 @@ def check_private_file(path: Path, what: str) -> None:
         )
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_file(path: Path, what: str) -> bytes:
+    """The bytes of a key, certificate or secret file; one line naming it when it cannot be read."""
     if not path.is_file():
         raise FedVaultError(f"{what} not found: {path}")
     try:
@@ -137,7 +138,7 @@ def _read(path: Path, what: str) -> bytes:
 
 def read_private_file(path: Path, what: str) -> bytes:
     """The bytes of a file only its owner may access; one line naming it otherwise."""
-    data = _read(path, what)
+    data = read_file(path, what)
     check_private_file(path, what)
     return data
 
@@ -193,7 +194,7 @@ def _open_key(path: Path, what: str, passphrase: bytes | None) -> tuple[PrivateK
     """(key, whether it was encrypted). `cryptography` raises TypeError for exactly one case
     without a password: the key is encrypted. The format is checked before the mode, so a
     public key given by mistake is named as such."""
-    data = _read(path, what)
+    data = read_file(path, what)
     try:
         key = _parse_key(data, None)
     except TypeError:

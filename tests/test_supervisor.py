@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,43 @@ def test_child_that_recovers_within_the_grace_is_ready(monkeypatch):
         )
         assert child.exited() is None
     assert child.exited() is not None
+
+
+def test_a_program_flower_starts_dies_with_the_process_that_started_it(tmp_path):
+    """What the site's bin/ launchers arm: a SuperExec outlives no killed SuperNode."""
+    import signal
+    import subprocess
+
+    pid_file = tmp_path / "grandchild.pid"
+    grandchild = (
+        "import os, time\n"
+        "from cli.processes import arm_parent_death_signal\n"
+        "arm_parent_death_signal()\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(120)\n"
+    )
+    child = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {grandchild!r}])\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", child], cwd=Path(__file__).resolve().parents[1]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = int(pid_file.read_text())
+        start = processes._proc_stat(pid)[2]
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while processes.alive(pid, start) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = processes.alive(pid, start)
+        if left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, "the grandchild outlived the process that started it"
+    finally:
+        parent.kill()
