@@ -8,8 +8,9 @@ file, flwr/supercore/superexec/executor/kubernetes_executor.py). This writes, fo
 - `executor.yaml`: that executor config. ClientApp pods run as a non-root user with a
   read-only root file system, CPU and memory limits, torch pinned to their CPUs, no
   service-account token, the site's state volume at the state directory the ClientApp is
-  told about, the site's own `site.toml` mounted read-only over it (the app the
-  coordinator ships cannot rewrite the budget it is held to), and the data volume read-only.
+  told about, the site's own `site.toml` mounted read-only over it (the app cannot rewrite
+  the budget it is held to; the pods run Flower's stock `flwr-clientapp`, so build approval
+  is not applied there: docs/deployment.md), and the data volume read-only.
 - `site.yaml`: the manifests around it. The SuperNode (TLS to the federation, node key,
   Runtime API with TLS of its own for the pods, SuperExec authentication); the SuperExec with
   a Role to create, list and delete pods and Secrets in the namespace (what Flower's
