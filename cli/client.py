@@ -57,6 +57,8 @@ SITE_FLAGS = (
     "evaluation-noise-multiplier",
     "public-record-count",
     "min-secagg-peers",
+    "allow-distributed-dp",
+    "tolerated-colluders",
 )
 
 
@@ -250,6 +252,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         metavar="SIGMA",
         help=f"noise of each evaluation release (default {DEFAULT_EVALUATION_NOISE:g})",
+    )
+    site.add_argument(
+        "--allow-distributed-dp",
+        action=argparse.BooleanOptionalAction,
+        help="take part in distributed DP-SGD, where each site adds a share of the noise "
+        "and only the secure sum carries all of it (default: on)",
+    )
+    site.add_argument(
+        "--tolerated-colluders",
+        type=int,
+        metavar="N",
+        help="distributed DP: refuse runs whose noise shares assume fewer than N sites "
+        "colluding with the server (default 0)",
     )
     site.add_argument(
         "--min-secagg-peers",

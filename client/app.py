@@ -4,9 +4,10 @@ Every handler reads the request strictly, checks it against the site's own floor
 of its data is touched, and answers a request it will not serve with a refusal (recorded in
 the site's ledger) rather than an error. A plain train request gets the site's update in
 the clear only if the site allows that (require-secagg = false). Under secure aggregation
-the coordinator sends the four SecAgg+ stages as `train.secagg` messages; the site checks
-its floor and budget at setup (declining before it joins), validates the masked-input
-request before it spends anything, then trains and sends only its masked update.
+the coordinator sends the SecAgg+ stages as `train.secagg` messages; the site checks its
+floor and budget at setup (declining before it joins), validates the masked-input request
+(or, in a multi-step session of distributed DP-SGD, the step request) before it spends
+anything, then trains and sends only its masked update.
 Evaluation requests are refused unless the site allows them, and then answered with
 DP-noised sums whose cost is in the ledger.
 """
@@ -36,6 +37,7 @@ from privacy.dp_ledger import Refused
 from privacy.errors import FedVaultError
 from privacy.secagg import SecAggClient, SecAggProtocolError
 from privacy.secagg import messages as m
+from privacy.secagg.config import RoundParams
 from tasks.wire import protocol_message, protocol_records
 
 app = ClientApp()
@@ -72,26 +74,38 @@ def secagg_handler(msg: Message, context: Context) -> Message:
     def answer(request: SiteRequest, site: Site, budget: SiteBudget) -> Message:
         _maybe_drop_out(site, str(stage))
         identity = site_identity(site)
+        digest = request.settings.digest()
         client = (
             SecAggClient.from_state(
-                dict(context.state[SECAGG_STATE]), identity, site.min_secagg_peers
+                dict(context.state[SECAGG_STATE]), identity, site.min_secagg_peers, digest
             )
             if SECAGG_STATE in context.state
-            else SecAggClient(context.node_id, identity, site.min_secagg_peers)
+            else SecAggClient(context.node_id, identity, site.min_secagg_peers, digest)
         )
         extra: dict = {}
         if stage == m.SETUP and request.settings.dp:
-            records = training_records(request, site, context.state)
-            _, event = budget.plan_training(request.server_round, records)
-            budget.dry_run(event, request.server_round)
+            _check_budget_at_setup(request, site, budget, protocol, context)
         try:
-            if stage == m.MASKED_INPUT:
-                from client.local_round import masked_vector, private_release
+            if stage in (m.MASKED_INPUT, m.STEP):
+                from client.local_round import (
+                    distributed_release,
+                    masked_vector,
+                    private_release,
+                )
 
-                client.check_masked_input(protocol)
+                if stage == m.STEP:
+                    client.check_step(protocol)
+                else:
+                    client.check_masked_input(protocol)
                 work = prepare(request, site)
-                release = private_release(msg, context, work, budget)
-                vector, weight = masked_vector(msg, work, release)
+                if request.settings.distributed_dp:
+                    release, vector = distributed_release(
+                        msg, work, budget, client.params.threshold
+                    )
+                    weight = 1
+                else:
+                    release = private_release(msg, context, work, budget)
+                    vector, weight = masked_vector(msg, work, release)
                 reply = client.handle(protocol, vector, weight)
                 extra = {"metrics": MetricRecord(release.metrics), "privacy": release.privacy}
             else:
@@ -139,6 +153,31 @@ def _serve(msg: Message, context: Context, kind: str, answer: Answer) -> Message
             budget.record(refusal)
             log.warning("%s", refusal)
             return _refusal_reply(msg, refusal)
+
+
+def _check_budget_at_setup(
+    request: SiteRequest, site: Site, budget: SiteBudget, protocol: dict, context: Context
+) -> None:
+    """Refuse at setup, before joining, a round the site's budget or floor would refuse."""
+    records = training_records(request, site, context.state)
+    if not request.settings.distributed_dp:
+        _, event = budget.plan_training(request.server_round, records)
+        budget.dry_run(event, request.server_round)
+        return
+    try:
+        params = RoundParams.from_wire(protocol)
+    except FedVaultError as exc:
+        raise Refused("protocol-violation", f"{site.name}: setup parameters: {exc}") from None
+    if not params.integer_input:
+        raise Refused(
+            "protocol-violation",
+            f"{site.name}: distributed DP needs exact integer secure aggregation; the "
+            "server asked for quantized floats",
+        )
+    _, event, _ = budget.plan_step(
+        request.server_round, records, params.threshold, params.vector_length
+    )
+    budget.dry_run(event, request.server_round)
 
 
 def _maybe_drop_out(site: Site, stage: str) -> None:

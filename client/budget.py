@@ -15,18 +15,20 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
 
 from client.dp_plan import DpSgd, poisson_plan
 from client.site import Site, site_identity
-from privacy.accounting import PrivacyEvent, compute_epsilon, solve_noise_multiplier
+from privacy.accounting import PrivacyEvent, compute_epsilon, merged, solve_noise_multiplier
+from privacy.distributed_noise import NoiseShares
 from privacy.dp_ledger import (
     PLAIN_RELEASE,
     Refused,
     Reservation,
+    Spending,
     cancel,
     commit,
     record_refusal,
@@ -39,6 +41,7 @@ from privacy.ledger import Ledger
 from tasks.settings import RunSettings
 
 PLAN_KEY = "dp-plan"
+RATE_SEARCH_STEPS = 30  # bisection steps for a distributed step's sampling rate
 CHECK_KEY = "dp-check"
 EVALUATION_COORDINATES = 3  # correct predictions, clipped loss, examples: sensitivity 1 each
 LEDGER_KIND = "site"
@@ -84,11 +87,7 @@ class SiteBudget:
         the rounds left, never below the site's floor (more privacy than asked is allowed).
         """
         site, s = self.site, self.settings
-        if site.delta * num_records >= 1:
-            raise FedVaultError(
-                f"{site.name}: delta {site.delta:g} must be below 1/records = "
-                f"{1 / num_records:.2e} (otherwise a record may leak with probability delta)"
-            )
+        self._check_delta(num_records)
         q, steps = poisson_plan(num_records, s.batch_size, s.local_epochs)
         sigma = s.noise_multiplier or self._planned_sigma(server_round, q, steps)
         sigma = max(sigma, site.floor.min_noise_multiplier)
@@ -97,6 +96,65 @@ class SiteBudget:
             noise_multiplier=sigma, sample_rate=q, steps=steps, clip_norm=s.clip_norm
         )
         return dp, event
+
+    def plan_step(
+        self, server_round: int, num_records: int, threshold: int, dimension: int
+    ) -> tuple[NoiseShares, PrivacyEvent, PrivacyEvent]:
+        """A distributed DP-SGD step: the noise shares, the step's event and its fallback.
+
+        The noise is the run's (every site adds the same share, or none could count on the
+        others'); the sampling rate is the site's own: batch-size / records, lowered where
+        needed so that the rounds left stay within the run's target and the site's budget.
+        """
+        s = self.settings
+        self._check_delta(num_records)
+        try:
+            shares = NoiseShares(
+                s.noise_multiplier, s.clip_norm, threshold, s.dp_colluders, dimension
+            )
+        except FedVaultError as exc:
+            raise self._below_floor("tolerated-colluders", str(exc), server_round) from None
+        q = self._planned_rate(server_round, num_records, shares)
+        return shares, shares.event(q), shares.fallback_event(q)
+
+    def _planned_rate(self, server_round: int, num_records: int, shares: NoiseShares) -> float:
+        """The largest rate <= batch/records keeping the rounds left within target, per run."""
+        cached = self.state.get(PLAN_KEY)
+        if cached is not None and "sample-rate" in cached:
+            return float(cached["sample-rate"])
+        s = self.settings
+        rounds_left = s.num_rounds - server_round + 1
+        target = min(s.target_epsilon or self.site.max_epsilon, self.site.max_epsilon)
+        history = spent_events(self.ledger)
+
+        def fits(q: float) -> bool:
+            event = replace(shares.event(q), steps=rounds_left)
+            return self._epsilon([*history, event]) <= target
+
+        high = min(1.0, s.batch_size / num_records)
+        if not fits(high):
+            low = 0.0
+            for _ in range(RATE_SEARCH_STEPS):
+                middle = (low + high) / 2
+                low, high = (middle, high) if fits(middle) else (low, middle)
+            if low * num_records < 1:
+                raise self._exhausted(
+                    f"{rounds_left} distributed steps at noise multiplier "
+                    f"{s.noise_multiplier:g} exceed epsilon {target:g} even at a batch of one "
+                    "record: raise the noise or run fewer rounds",
+                    server_round,
+                    history,
+                )
+            high = low
+        self.state[PLAN_KEY] = ConfigRecord({"sample-rate": high, "from-round": server_round})
+        return high
+
+    def _check_delta(self, num_records: int) -> None:
+        if self.site.delta * num_records >= 1:
+            raise FedVaultError(
+                f"{self.site.name}: delta {self.site.delta:g} must be below 1/records = "
+                f"{1 / num_records:.2e} (otherwise a record may leak with probability delta)"
+            )
 
     def _planned_sigma(self, server_round: int, q: float, steps: int) -> float:
         """Sigma reaching the request's target over the rounds left, solved once per run."""
@@ -172,14 +230,19 @@ class SiteBudget:
 
     def summary(self, reservation: Reservation, epsilon: float) -> dict[str, Any]:
         """What the site tells the server about its spending (events, not just epsilon)."""
-        history = spent_events(self.ledger)
-        head, rows = self.ledger.head(), len(self.ledger.rows())
+        all_rows = self.ledger.rows()
+        spending = Spending.of(all_rows)
+        history = spending.events
+        head, rows = self.ledger.head(), len(all_rows)
         dataset = hashlib.sha256(str(self.ledger.dataset).encode("utf-8")).hexdigest()
-        signed = {}
+        extra: dict[str, Any] = {}
+        fallback = spending.fallback_events
+        if fallback != history:
+            extra["fallback-epsilon"] = compute_epsilon(fallback, self.site.delta, "rdp")
         identity = site_identity(self.site)
         if identity is not None:
             statement = ledger_head_bytes(identity.name, dataset, head, rows)
-            signed["head-signature"] = encode_signature(identity.sign(statement))
+            extra["head-signature"] = encode_signature(identity.sign(statement))
         return {
             "site": self.site.name,
             "purpose": reservation.purpose,
@@ -189,11 +252,12 @@ class SiteBudget:
             "epsilon-rdp": compute_epsilon(history, self.site.delta, "rdp"),
             "accountant": self.settings.accountant,
             "event": reservation.event.to_dict(),
-            "events": [e.to_dict() for e in history],
+            "events": [e.to_dict() for e in merged(history)],
+            "releases": len(history),
             "ledger-head": head,
             "ledger-rows": rows,
             "dataset-sha256": dataset,
-            **signed,
+            **extra,
             **reservation.details,
         }
 

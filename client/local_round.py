@@ -29,7 +29,7 @@ from client.training import TrainResult, train
 from privacy.dp_ledger import Refused, Reservation
 from privacy.randomness import SecureRandom
 from tasks.registry import build_model
-from tasks.wire import flatten_update
+from tasks.wire import flatten_update, update_length
 
 LOSS_CAP = 10.0  # per-example loss is clipped here before an evaluation sum is released
 
@@ -90,6 +90,54 @@ def private_release(msg: Message, context: Context, work: SiteRound, budget: Sit
     budget.commit(reservation)
     privacy["summary"] = json.dumps(budget.summary(reservation, epsilon))
     return Release(privacy, model, result, _count(site, data))
+
+
+def distributed_release(
+    msg: Message, work: SiteRound, budget: SiteBudget, threshold: int
+) -> tuple[Release, np.ndarray]:
+    """One distributed DP-SGD step: the clipped gradient sum plus this site's noise share.
+
+    `threshold` is the secure-aggregation threshold the site checked at setup: the fewest
+    contributors a released sum can hold, which sizes the share.
+    """
+    from client.distributed_step import clipped_gradient_sum
+
+    request, site, data = work.request, work.site, work.data
+    model = global_model(request, msg, data.num_features, data.num_classes)
+    rng = site_rng(site, request)
+    shares, event, fallback = budget.plan_step(
+        request.server_round, len(data.y_train), threshold, update_length(model.state_dict())
+    )
+    details = {
+        **noise_record(site, rng),
+        "fallback-event": fallback.to_dict(),
+        "noise-shares": {
+            "threshold": shares.threshold,
+            "colluders": shares.colluders,
+            "honest": shares.honest,
+        },
+    }
+    reservation = Reservation(request.run_id, request.server_round, "train", event, details)
+    epsilon = budget.reserve(reservation)
+    try:
+        gradient = clipped_gradient_sum(
+            model,
+            data.x_train,
+            data.y_train,
+            sample_rate=event.sample_rate,
+            clip_norm=event.clip_norm,
+            rng=rng,
+        )
+        vector = shares.noisy_share(gradient, rng)
+    except BaseException:
+        budget.cancel(reservation, "the step failed before anything was released")
+        raise
+    budget.commit(reservation)
+    privacy = ConfigRecord({"site": site.name})
+    if work.anonymization:
+        privacy["anonymization"] = json.dumps(work.anonymization)
+    privacy["summary"] = json.dumps(budget.summary(reservation, epsilon))
+    return Release(privacy, metrics=_count(site, data)), vector
 
 
 def private_evaluation(

@@ -97,6 +97,17 @@ def check_floor(site: Site, request: SiteRequest) -> None:
             "require-secagg",
             "the site sends its update only inside secure aggregation (require-secagg = true)",
         )
+    if s.distributed_dp and not floor.allow_distributed_dp:
+        raise below(
+            "allow-distributed-dp",
+            "the site adds full DP-SGD noise itself (allow-distributed-dp = false)",
+        )
+    if s.distributed_dp and s.dp_colluders < floor.tolerated_colluders:
+        raise below(
+            "tolerated-colluders",
+            f"the run's noise shares assume at most {s.dp_colluders} colluding site(s); "
+            f"this site requires {floor.tolerated_colluders}",
+        )
     if s.dp and 0 < s.noise_multiplier < floor.min_noise_multiplier:
         raise below(
             "min-noise-multiplier",

@@ -47,6 +47,14 @@ SITE_KEYS: dict[str, tuple[type, str]] = {
     "require-secagg": (bool, "refuse plain train requests (default: true when deployed)"),
     "allow-evaluation": (bool, "answer evaluation requests, DP-noised and accounted"),
     "evaluation-noise-multiplier": (float, "noise multiplier of each evaluation release"),
+    "allow-distributed-dp": (
+        bool,
+        "take part in distributed DP-SGD, where the noise is complete only in the sum",
+    ),
+    "tolerated-colluders": (
+        int,
+        "distributed DP: refuse runs whose noise shares assume fewer sites colluding",
+    ),
     "public-record-count": (
         bool,
         "declare the number of records public (sent, and used as weight)",
@@ -72,6 +80,8 @@ class PrivacyFloor:
     require_secagg: bool = False
     allow_evaluation: bool = False
     evaluation_noise_multiplier: float = DEFAULT_EVALUATION_NOISE
+    allow_distributed_dp: bool = True
+    tolerated_colluders: int = 0
 
     def to_record(self) -> dict[str, Any]:
         return {key.replace("_", "-"): value for key, value in asdict(self).items()}
@@ -154,7 +164,7 @@ def site_settings(raw: Mapping[str, Any], where: str, simulated: bool) -> dict[s
     for key in ("max-epsilon", "evaluation-noise-multiplier"):
         if key in values and values[key] <= 0:
             raise FedVaultError(f"{where}: {key} must be > 0, got {values[key]:g}")
-    for key in ("min-noise-multiplier", "max-epsilon-per-round"):
+    for key in ("min-noise-multiplier", "max-epsilon-per-round", "tolerated-colluders"):
         if key in values and values[key] < 0:
             raise FedVaultError(f"{where}: {key} must be >= 0, got {values[key]:g}")
     if "delta" in values and not 0 < values["delta"] < 1:
@@ -200,6 +210,8 @@ def make_site(
         require_secagg=get("require-secagg", not simulated),
         allow_evaluation=get("allow-evaluation", False),
         evaluation_noise_multiplier=get("evaluation-noise-multiplier", DEFAULT_EVALUATION_NOISE),
+        allow_distributed_dp=get("allow-distributed-dp", True),
+        tolerated_colluders=get("tolerated-colluders", 0),
     )
     return Site(
         name=name,

@@ -5,14 +5,28 @@ norm) as `PrivacyEvent`s, never an epsilon: epsilon is derived from the events b
 Opacus accountant, so anyone holding the events can recompute and check it, under either
 accountant. The same module calibrates sigma for a target epsilon, counting what was already
 spent, and validates DP parameters with one-line errors a site operator can act on.
+
+Two mechanisms. `poisson_subsampled_gaussian` is local DP-SGD (Opacus' accountants, exact
+for the Gaussian). `poisson_subsampled_skellam` is one step of distributed DP-SGD
+(privacy/distributed_noise.py): the integer sum of the sites' rounded gradient sums plus
+Skellam noise whose variance is guaranteed by the honest shares. Its per-step RDP is
+Agarwal, Kairouz and Liu (NeurIPS 2021, Cor. 3.6) at the L2 and L1 sensitivities that
+stochastic rounding leaves (each coordinate moves by less than one more unit); Poisson
+subsampling is the binomial expansion of Mironov, Talwar and Zhang (2019, Sec. 3.3), which
+is exact for the removal neighbour and, for the addition neighbour, proven for the Gaussian;
+for the Skellam it is checked numerically (tests/test_distributed_accounting.py) and stated
+in the report as the accounting's assumption. Histories with Skellam steps compose under
+RDP on integer orders (Opacus' RDP of the Gaussian steps at the same orders, Opacus'
+conversion to epsilon); the PRV accountant refuses them with one line.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
@@ -24,7 +38,9 @@ from privacy.errors import FedVaultError
 if TYPE_CHECKING:
     from opacus.accountants.accountant import IAccountant
 
-MECHANISMS = ("poisson_subsampled_gaussian",)
+GAUSSIAN = "poisson_subsampled_gaussian"
+SKELLAM = "poisson_subsampled_skellam"
+MECHANISMS = (GAUSSIAN, SKELLAM)
 ADJACENCIES = ("add_remove",)
 ACCOUNTANTS = ("prv", "rdp")
 SAMPLING_ASSUMPTION = "Poisson subsampling with rate q per step"
@@ -43,6 +59,9 @@ _ACCOUNTANT_BOUNDS = {
     "rdp": "RDP composition over Opacus' default orders, converted with Balle et al. 2020, Thm 21",
 }
 _EVENT_FIELDS = ("mechanism", "noise_multiplier", "sample_rate", "steps", "clip_norm", "adjacency")
+_SKELLAM_FIELDS = ("dimension", "scale")
+# Integer orders: the subsampled bound for a general mechanism is a finite binomial sum.
+SKELLAM_ORDERS = tuple(range(2, 257))
 
 
 def _finite_positive(name: str, value: Any) -> float:
@@ -127,14 +146,20 @@ def sample_rate_and_steps(records: int, batch_size: int, epochs: int) -> tuple[f
 
 @dataclass(frozen=True, kw_only=True)
 class PrivacyEvent:
-    """One DP mechanism run: `steps` Poisson-subsampled Gaussian steps at rate q, noise sigma*C."""
+    """One DP mechanism run: `steps` Poisson-subsampled steps at rate q, noise std sigma*C.
+
+    A Skellam step also names the vector's `dimension` and the `scale` (integer units per
+    unit of gradient) it was rounded at: both set its sensitivity after rounding.
+    """
 
     noise_multiplier: float
     sample_rate: float
     steps: int
     clip_norm: float
-    mechanism: str = "poisson_subsampled_gaussian"
+    mechanism: str = GAUSSIAN
     adjacency: str = "add_remove"
+    dimension: int = 0
+    scale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -150,23 +175,47 @@ class PrivacyEvent:
         object.__setattr__(self, "sample_rate", _check_sample_rate(self.sample_rate))
         object.__setattr__(self, "steps", _positive_count("steps", self.steps))
         object.__setattr__(self, "clip_norm", _finite_positive("clip norm", self.clip_norm))
+        if self.mechanism == SKELLAM:
+            object.__setattr__(self, "dimension", _positive_count("dimension", self.dimension))
+            object.__setattr__(self, "scale", _finite_positive("scale", self.scale))
+        elif self.dimension or self.scale:
+            raise FedVaultError("dimension and scale belong to Skellam events only")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict with every field; `from_dict` reads it back."""
-        return asdict(self)
+        """JSON-safe dict with every field of its mechanism; `from_dict` reads it back."""
+        data = asdict(self)
+        if self.mechanism != SKELLAM:
+            for key in _SKELLAM_FIELDS:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PrivacyEvent:
-        """Read `to_dict` output; missing or unknown keys and bad values raise FedVaultError."""
+        """Read `to_dict` output; missing or unknown keys and bad values raise FedVaultError.
+
+        Memoised on the dict's items: a ledger holds the same event hundreds of times.
+        """
         if not isinstance(data, Mapping):
             raise FedVaultError(f"privacy event must be a JSON object, got {type(data).__name__}")
-        missing = sorted(set(_EVENT_FIELDS) - set(data))
-        unknown = sorted(set(data) - set(_EVENT_FIELDS))
-        if missing or unknown:
-            raise FedVaultError(
-                f"privacy event has missing keys {missing} / unknown keys {unknown}"
-            )
-        return cls(**{key: data[key] for key in _EVENT_FIELDS})
+        try:
+            items = tuple(sorted(data.items()))
+            hash(items)
+        except TypeError:
+            return _event_from_items(cls, tuple(data.items()))
+        return _cached_event(cls, items)
+
+
+def _event_from_items(cls: type[PrivacyEvent], items: tuple) -> PrivacyEvent:
+    data = dict(items)
+    fields = _EVENT_FIELDS + (_SKELLAM_FIELDS if data.get("mechanism") == SKELLAM else ())
+    missing = sorted(set(fields) - set(data))
+    unknown = sorted(set(data) - set(fields))
+    if missing or unknown:
+        raise FedVaultError(f"privacy event has missing keys {missing} / unknown keys {unknown}")
+    return cls(**{key: data[key] for key in fields})
+
+
+_cached_event = functools.lru_cache(maxsize=4096)(_event_from_items)
 
 
 def accountant_info(name: str) -> dict[str, str]:
@@ -191,17 +240,102 @@ def _accountant_class(name: str) -> type[IAccountant]:
     return getattr(accountants, _OPACUS_CLASSES[name])
 
 
+def skellam_step_rdp(event: PrivacyEvent, orders: Sequence[int] = SKELLAM_ORDERS) -> np.ndarray:
+    """RDP of ONE Poisson-subsampled Skellam step of `event`, at integer `orders`."""
+    return np.array(_skellam_step_rdp(replace(event, steps=1), tuple(orders)))
+
+
+@functools.lru_cache(maxsize=256)
+def _skellam_step_rdp(event: PrivacyEvent, orders: tuple[int, ...]) -> tuple[float, ...]:
+    """The curve, memoised: a site accounts the same step every round of a run."""
+    if event.mechanism != SKELLAM:
+        raise FedVaultError(f"not a Skellam event: {event.mechanism}")
+    scaled_clip = event.scale * event.clip_norm
+    l2 = scaled_clip + math.sqrt(event.dimension)
+    l1 = math.sqrt(event.dimension) * scaled_clip + event.dimension
+    variance = (event.noise_multiplier * scaled_clip) ** 2
+    alphas = np.arange(2, max(orders) + 1, dtype=np.float64)
+    base = alphas * l2**2 / (2 * variance) + np.minimum(
+        ((2 * alphas - 1) * l2**2 + 6 * l1) / (4 * variance**2), 3 * l1 / (2 * variance)
+    )
+    return tuple(_subsampled_rdp(event.sample_rate, base, int(a)) for a in orders)
+
+
+def _subsampled_rdp(q: float, base: np.ndarray, alpha: int) -> float:
+    """(1/(alpha-1)) log of sum_j C(alpha, j) (1-q)^(alpha-j) q^j e^((j-1) eps(j)).
+
+    `base[j - 2]` is the unsampled RDP at order j; terms j = 0 and 1 fold into
+    (1-q)^(alpha-1) (1 + (alpha-1) q).
+    """
+    if q == 1.0:
+        return float(base[alpha - 2])
+    from scipy.special import gammaln, logsumexp
+
+    j = np.arange(2, alpha + 1, dtype=np.float64)
+    log_binom = gammaln(alpha + 1) - gammaln(j + 1) - gammaln(alpha - j + 1)
+    terms = log_binom + j * math.log(q) + (alpha - j) * math.log1p(-q) + (j - 1) * base[: alpha - 1]
+    first = (alpha - 1) * math.log1p(-q) + math.log1p((alpha - 1) * q)
+    return float(logsumexp(np.append(terms, first)) / (alpha - 1))
+
+
+def merged(events: Sequence[PrivacyEvent]) -> list[PrivacyEvent]:
+    """The events with repeats folded into one (steps summed), in order of first use.
+
+    Composition is commutative, so every epsilon is unchanged; a history of hundreds of equal
+    distributed steps travels and composes as one event.
+    """
+    first: dict[tuple, PrivacyEvent] = {}
+    steps: dict[tuple, int] = {}
+    for event in events:
+        key = (
+            event.mechanism,
+            event.noise_multiplier,
+            event.sample_rate,
+            event.clip_norm,
+            event.adjacency,
+            event.dimension,
+            event.scale,
+        )
+        first.setdefault(key, event)
+        steps[key] = steps.get(key, 0) + event.steps
+    return [
+        first[key] if first[key].steps == count else replace(first[key], steps=count)
+        for key, count in steps.items()
+    ]
+
+
+def _integer_order_epsilon(events: Sequence[PrivacyEvent], delta: float) -> float:
+    """RDP composition of Gaussian and Skellam steps on SKELLAM_ORDERS, then epsilon."""
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    orders = list(SKELLAM_ORDERS)
+    total = np.zeros(len(orders))
+    for event in merged(events):
+        if event.mechanism == SKELLAM:
+            total += event.steps * skellam_step_rdp(event, orders)
+        else:
+            total += np.asarray(
+                opacus_rdp.compute_rdp(
+                    q=event.sample_rate,
+                    noise_multiplier=event.noise_multiplier,
+                    steps=event.steps,
+                    orders=orders,
+                )
+            )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        epsilon, _ = opacus_rdp.get_privacy_spent(orders=orders, rdp=total, delta=delta)
+    return float(epsilon)
+
+
 def _history(events: Sequence[PrivacyEvent]) -> list[tuple[float, float, int]]:
-    """Opacus history with one entry per distinct (sigma, q).
+    """Opacus history with one entry per distinct (sigma, q) (the clip norm does not count).
 
     Composition is commutative, so merging is exact; it keeps PRV fast, whose cost grows with
     the number of distinct entries, not with steps.
     """
-    merged: dict[tuple[float, float], int] = {}
-    for event in events:
-        key = (event.noise_multiplier, event.sample_rate)
-        merged[key] = merged.get(key, 0) + event.steps
-    return [(sigma, q, steps) for (sigma, q), steps in merged.items()]
+    unit_clip = [replace(event, clip_norm=1.0) for event in events]
+    return [(e.noise_multiplier, e.sample_rate, e.steps) for e in merged(unit_clip)]
 
 
 def compute_epsilon(events: Sequence[PrivacyEvent], delta: float, accountant: str = "prv") -> float:
@@ -216,6 +350,13 @@ def compute_epsilon(events: Sequence[PrivacyEvent], delta: float, accountant: st
             raise TypeError(f"expected PrivacyEvent, got {type(event).__name__}")
     if not events:
         return 0.0
+    if any(event.mechanism == SKELLAM for event in events):
+        if accountant != "rdp":
+            raise FedVaultError(
+                f"distributed (Skellam) steps are composed by the rdp accountant only, "
+                f"not {accountant}: set accountant = rdp"
+            )
+        return _integer_order_epsilon(events, delta)
     history = _history(events)
     if accountant == "prv":
         rdp_epsilon = _opacus_epsilon(_accountant_class("rdp"), history, delta)

@@ -12,7 +12,9 @@ A reservation is named by (run, round, purpose), and within one run and purpose 
 must increase: a replayed or out-of-order request is refused before anything is spent.
 
 Payloads:
-- dp_reserve: {"id", "run_id", "round", "purpose", "event": PrivacyEvent.to_dict(), ...}
+- dp_reserve: {"id", "run_id", "round", "purpose", "event": PrivacyEvent.to_dict(), ...};
+  a distributed DP-SGD step also holds "fallback-event": what the site's own noise share
+  alone would give if secure aggregation failed to hide its vector.
 - dp_commit / dp_cancel: {"id", ...}
 - refusal: {"reason", "message", "run_id", "round", ...}
 - plain_release: {"run_id", "round", "purpose"}: a release without DP, which a site allows
@@ -84,24 +86,36 @@ class Spending:
     def of(cls, rows: Sequence[Row]) -> Spending:
         spending = cls()
         for row in rows:
-            if row.kind == RESERVE:
-                spending.reserved[str(row.payload["id"])] = row
-            elif row.kind == COMMIT:
-                spending.committed.add(str(row.payload["id"]))
-            elif row.kind == CANCEL:
-                spending.cancelled.add(str(row.payload["id"]))
+            spending.add(row)
         return spending
+
+    def add(self, row: Row) -> None:
+        """Take the next row of the ledger into account."""
+        if row.kind == RESERVE:
+            self.reserved[str(row.payload["id"])] = row
+        elif row.kind == COMMIT:
+            self.committed.add(str(row.payload["id"]))
+        elif row.kind == CANCEL:
+            self.cancelled.add(str(row.payload["id"]))
 
     @property
     def events(self) -> list[PrivacyEvent]:
         """Every event that counts: committed, and pending (not cancelled), in order."""
+        return self._events("event")
+
+    @property
+    def fallback_events(self) -> list[PrivacyEvent]:
+        """The same, with each distributed step as the site's own share alone would give it."""
+        return self._events("fallback-event")
+
+    def _events(self, key: str) -> list[PrivacyEvent]:
         events = []
         for spend_id, row in self.reserved.items():
             if spend_id in self.cancelled:
                 continue
             if "event" not in row.payload:
                 raise FedVaultError(f"ledger row {row.seq} reserves no privacy event")
-            events.append(PrivacyEvent.from_dict(row.payload["event"]))
+            events.append(PrivacyEvent.from_dict(row.payload.get(key, row.payload["event"])))
         return events
 
     @property

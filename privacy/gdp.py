@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.special import log_ndtr
 
-from privacy.accounting import PRV_MAX_EPSILON, PrivacyEvent, compute_epsilon
+from privacy.accounting import GAUSSIAN, PRV_MAX_EPSILON, PrivacyEvent, compute_epsilon
 from privacy.errors import FedVaultError
 
 DELTA_FLOOR = 1e-10
@@ -133,6 +133,11 @@ def gdp_mu(events: Sequence[PrivacyEvent]) -> float:
     """
     if not events:
         return 0.0
+    if any(event.mechanism != GAUSSIAN for event in events):
+        raise FedVaultError(
+            "mu-GDP is computed for Gaussian (local DP-SGD) events; this history holds "
+            "distributed (Skellam) steps"
+        )
     loose = compute_epsilon(events, DELTA_FLOOR, "rdp")
     if loose > PRV_MAX_EPSILON:
         raise FedVaultError(

@@ -34,10 +34,11 @@ from server.checkpoint import (
     strategy_state,
 )
 from server.client_dp import ClientLevelDp, RoundPlan, clip_and_sum
+from server.distributed_sgd import DistributedSgd
 from server.exchange import exchange
 from server.progress import ProgressFn
 from server.rundir import RunDirectory
-from server.secure_round import StageFn, secure_train_round
+from server.secure_round import SecureSteps, StageFn, secure_train_round
 from server.strategies import make_strategy
 from server.transport import record_transport
 from tasks.evaluation import evaluate
@@ -142,6 +143,10 @@ def _rounds(
     train_config = ConfigRecord(settings.to_config())
     session = secrets.token_hex(8)
     client_dp = ClientLevelDp(settings) if settings.client_dp else None
+    stepper = None
+    if settings.distributed_dp:
+        length = update_length(model.state_dict())
+        stepper = (DistributedSgd(settings), SecureSteps(settings.secagg_config(), length, session))
     if resume is None:
         loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
         metrics: dict = {"round": 0, "test-loss": loss, "test-accuracy": accuracy}
@@ -181,9 +186,10 @@ def _rounds(
                 arrays,
                 train_config,
                 settings,
-                f"{session}/{server_round}",
+                (session, server_round),
                 plan,
                 on_stage,
+                stepper,
             )
             ledger.append("secagg_round", {"round": server_round, **outcome.metrics})
         else:
@@ -299,13 +305,20 @@ def _secure_round(
     arrays: ArrayRecord,
     train_config: ConfigRecord,
     settings: RunSettings,
-    session: str,
+    session_round: tuple[str, int],
     plan: RoundPlan | None,
     on_stage: StageFn,
+    stepper: tuple[DistributedSgd, SecureSteps] | None = None,
 ) -> TrainOutcome:
-    """Train the sampled sites under SecAgg+; only the sum of their vectors comes back."""
+    """Train the sampled sites under SecAgg+; only the sum of their vectors comes back.
+
+    With a `stepper` (distributed DP-SGD) the vectors are the sites' noisy gradient sums,
+    summed in a multi-step session, and the new model is one optimizer step on their total.
+    """
     state = arrays.to_torch_state_dict()
     length = update_length(state) + int(bool(plan and settings.client_dp_adaptive))
+    prefix, server_round = session_round
+    session = f"{prefix}/{server_round}"
     if len(node_ids) < 2:
         reason = f"{len(node_ids)} site(s) sampled; secure aggregation needs at least 2"
         log.warning("round skipped: %s", reason)
@@ -319,9 +332,19 @@ def _secure_round(
             "out-of-range": 0,
         }
         return TrainOutcome(RoundReplies(), None, metrics=record)
-    outcome = secure_train_round(
-        grid, node_ids, arrays, train_config, settings.secagg_config(), session, length, on_stage
-    )
+    if stepper is not None:
+        outcome = stepper[1].step(grid, node_ids, arrays, train_config, server_round, on_stage)
+    else:
+        outcome = secure_train_round(
+            grid,
+            node_ids,
+            arrays,
+            train_config,
+            settings.secagg_config(),
+            session,
+            length,
+            on_stage,
+        )
     replies = RoundReplies(outcome.updates, outcome.refusals, outcome.failures)
     if outcome.aborted:
         log.error("round aborted: secure aggregation failed: %s", outcome.aborted)
@@ -346,7 +369,11 @@ def _secure_round(
         return result
     result.vector = outcome.weighted_sum
     result.weight = outcome.total_weight
-    if plan is None:
+    if stepper is not None:
+        result.state = stepper[0].step(
+            state, outcome.weighted_sum, outcome.contributors, outcome.threshold
+        )
+    elif plan is None:
         result.state = apply_update(state, outcome.weighted_sum / outcome.total_weight)
     return result
 

@@ -1,10 +1,17 @@
-"""One training round under secure aggregation (SecAgg+), driven over Flower messages.
+"""Secure aggregation over Flower messages: single rounds (SecAgg+) and multi-step sessions.
 
 The protocol maths is in privacy/secagg; this module only carries its stages as
 `train.secagg` messages, one exchange (server/exchange.py) per stage, and times each. The
-round's training instruction (global model and settings) rides on the masked-input stage,
-so a site trains only once it holds its peers' shares. The server learns the weighted sum
-of the vectors of the sites whose masked input arrived, and nothing about any one of them.
+round's training instruction (global model and settings) rides on the masked-input stage
+(on the step, in a session), so a site trains only once it holds its peers' keys. The server
+learns the weighted sum of the vectors of the sites whose masked input arrived, and nothing
+about any one of them.
+
+Distributed DP-SGD takes one secure sum per step, hundreds per run, so it runs sessions
+(`SecureSteps`): the sites agree keys once (setup and share-keys), then each step is a single
+exchange. Every member must answer every step, or the step's masks cannot be removed and
+nothing is released; the next step then starts a new session without the sites that did
+not answer.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ log = getLogger("fedvault.server")
 
 SECAGG_MESSAGE_TYPE = "train.secagg"
 StageFn = Callable[[str, int, int, float], None]
+_CARRIES_MODEL = (m.MASKED_INPUT, m.STEP)
+KEY_AGREEMENT_TRIES = 3
 
 
 @dataclass
@@ -43,6 +52,7 @@ class SecureRound:
     aborted: str = ""
     out_of_range: int = 0
     contributors: int = 0
+    threshold: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -61,44 +71,156 @@ def secure_train_round(
     `on_stage(stage, answered, asked, seconds)` is told when each exchange ends.
     """
     server = SecAggServer(config, session, node_ids, vector_length)
-    outcome = SecureRound()
+    outcome = SecureRound(threshold=server.params.threshold)
     try:
         while not server.done:
-            stage = server.stage
-            messages = [
-                Message(
-                    content=_request_content(stage, request, arrays, train_config),
-                    dst_node_id=node_id,
-                    message_type=SECAGG_MESSAGE_TYPE,
-                )
-                for node_id, request in server.requests().items()
-            ]
-            started = time.monotonic()
-            replies = exchange(grid, messages, config.stage_timeout_s)
-            outcome.stage_seconds[stage] = round(time.monotonic() - started, 3)
-            if on_stage is not None:
-                on_stage(stage, len(replies), len(messages), outcome.stage_seconds[stage])
-            server.receive(_protocol_replies(stage, replies, outcome))
-        result = server.result()
+            _exchange_stage(grid, server, arrays, train_config, outcome, on_stage)
+        _take_result(server, outcome)
     except SecAggAbort as exc:
         outcome.aborted = exc.reason
     finally:
         outcome.dropped = dict(server.dropped)
         outcome.rejections.extend(server.rejections)
-    if outcome.aborted:
+    return outcome
+
+
+class SecureSteps:
+    """Multi-step sessions of integer vectors (distributed DP-SGD), re-keyed after a dropout.
+
+    A site that does not answer (a refusal, an error, a timeout) or answers wrongly is left out
+    of every later session of the run: with it, no step could be unmasked. Sites dropped only
+    because another one left are not.
+    """
+
+    def __init__(self, config: SecAggConfig, vector_length: int, prefix: str) -> None:
+        self.config = config
+        self.vector_length = vector_length
+        self.prefix = prefix
+        self.server: SecAggServer | None = None
+        self.left_out: set[int] = set()
+        self.sessions = 0
+
+    def step(
+        self,
+        grid: Grid,
+        node_ids: list[int],
+        arrays: ArrayRecord,
+        train_config: ConfigRecord,
+        index: int,
+        on_stage: StageFn | None = None,
+    ) -> SecureRound:
+        """One step `index`: a new session first if none is open for these sites.
+
+        A key agreement that fails leaves out the sites that did not answer and is tried
+        again at once; a failed step is not retried (the sites that answered have spent).
+        """
+        outcome = SecureRound()
+        for _ in range(KEY_AGREEMENT_TRIES):
+            wanted = sorted(set(node_ids) - self.left_out)
+            if self.server is not None and list(self.server.members) == wanted:
+                break
+            self.server = None
+            if len(wanted) < 2:
+                outcome.aborted = f"{len(wanted)} site(s) left; a session needs 2"
+                return outcome
+            try:
+                self.server = self._agree_keys(
+                    grid, wanted, arrays, train_config, outcome, on_stage
+                )
+            except SecAggAbort as exc:
+                outcome.aborted = exc.reason
+        if self.server is None:
+            return outcome
+        server = self.server
+        outcome.aborted = ""
+        outcome.threshold = server.params.threshold
+        try:
+            server.open_step(index)
+            _exchange_stage(grid, server, arrays, train_config, outcome, on_stage)
+            _take_result(server, outcome)
+        except SecAggAbort as exc:
+            outcome.aborted = exc.reason
+            self.server = None
+            self.left_out |= server.faulty
+        finally:
+            _note_problems(server, outcome)
         return outcome
+
+    def _agree_keys(
+        self,
+        grid: Grid,
+        sites: list[int],
+        arrays: ArrayRecord,
+        train_config: ConfigRecord,
+        outcome: SecureRound,
+        on_stage: StageFn | None,
+    ) -> SecAggServer:
+        self.sessions += 1
+        server = SecAggServer(
+            self.config,
+            f"{self.prefix}/session-{self.sessions}",
+            sites,
+            self.vector_length,
+            integer_input=True,
+            multi_step=True,
+        )
+        try:
+            while server.stage != m.STEP:
+                _exchange_stage(grid, server, arrays, train_config, outcome, on_stage)
+        except SecAggAbort:
+            self.left_out |= server.faulty
+            raise
+        finally:
+            _note_problems(server, outcome)
+        return server
+
+
+def _note_problems(server: SecAggServer, outcome: SecureRound) -> None:
+    outcome.dropped.update(server.dropped)
+    outcome.rejections.extend(r for r in server.rejections if r not in outcome.rejections)
+
+
+def _exchange_stage(
+    grid: Grid,
+    server: SecAggServer,
+    arrays: ArrayRecord,
+    train_config: ConfigRecord,
+    outcome: SecureRound,
+    on_stage: StageFn | None,
+) -> None:
+    """Send the current stage's requests, wait for the replies, hand them to the server."""
+    stage = server.stage
+    messages = [
+        Message(
+            content=_request_content(stage, request, arrays, train_config),
+            dst_node_id=node_id,
+            message_type=SECAGG_MESSAGE_TYPE,
+        )
+        for node_id, request in server.requests().items()
+    ]
+    started = time.monotonic()
+    replies = exchange(grid, messages, server.config.stage_timeout_s)
+    outcome.stage_seconds[stage] = round(
+        outcome.stage_seconds.get(stage, 0.0) + time.monotonic() - started, 3
+    )
+    if on_stage is not None:
+        on_stage(stage, len(replies), len(messages), outcome.stage_seconds[stage])
+    server.receive(_protocol_replies(stage, replies, outcome))
+
+
+def _take_result(server: SecAggServer, outcome: SecureRound) -> None:
+    result = server.result()
     outcome.weighted_sum = result.weighted_sum
     outcome.total_weight = int(result.total_weight)
     outcome.out_of_range = result.out_of_range
     outcome.contributors = result.num_clients
-    return outcome
 
 
 def _request_content(
     stage: str, request: dict, arrays: ArrayRecord, train_config: ConfigRecord
 ) -> RecordDict:
     content = RecordDict({**protocol_records(request), "config": train_config})
-    if stage == m.MASKED_INPUT:
+    if stage in _CARRIES_MODEL:
         content["arrays"] = arrays
     return content
 
@@ -121,6 +243,6 @@ def _protocol_replies(stage: str, replies: object, outcome: SecureRound) -> list
             log.warning("secure aggregation: rejected a reply: %s", reason)
             continue
         accepted.append(message)
-        if stage == m.MASKED_INPUT:
+        if stage in _CARRIES_MODEL:
             outcome.updates.append(reply)
     return accepted

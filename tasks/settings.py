@@ -8,6 +8,8 @@ with one clear line, before any round starts.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam")
 # Opacus per-sample gradient engines that train our models correctly (ghost clipping helps
 # only nn.Linear here and costs a second backward pass: docs/benchmarks.md).
 GRAD_SAMPLE_MODES = ("ew", "hooks", "functorch")
+DP_MODES = ("local", "distributed")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class RunSettings:
     round_timeout: float = 600.0
     out: str = "runs/flwr-run"
     dp: bool = False
+    dp_mode: str = "local"
+    dp_colluders: int = 0
     noise_multiplier: float = 0.0
     target_epsilon: float = 0.0
     clip_norm: float = 1.0
@@ -99,10 +104,40 @@ class RunSettings:
                     f"unknown grad-sample-mode {self.grad_sample_mode!r}: "
                     f"choose one of {', '.join(GRAD_SAMPLE_MODES)}"
                 )
+        if self.dp and self.dp_mode != "local":
+            self._check_distributed_dp()
         if self.secagg:
             self.secagg_config()
         if self.client_dp:
             self._check_client_dp()
+
+    def _check_distributed_dp(self) -> None:
+        """Distributed DP-SGD: one noisy step per round, its noise split over the sites."""
+        if self.dp_mode not in DP_MODES:
+            raise FedVaultError(
+                f"unknown dp-mode {self.dp_mode!r}: choose one of {', '.join(DP_MODES)}"
+            )
+        if not (self.secagg and self.secagg_authenticated):
+            raise FedVaultError(
+                "dp-mode = distributed needs authenticated secure aggregation (secagg = true, "
+                "secagg-authenticated = true): the noise is only complete in the sum"
+            )
+        if self.noise_multiplier <= 0:
+            raise FedVaultError(
+                "dp-mode = distributed needs noise-multiplier > 0: every site adds its share "
+                "of the same noise (each checks the epsilon it costs against its own budget)"
+            )
+        if self.accountant != "rdp":
+            raise FedVaultError("dp-mode = distributed is accounted under accountant = rdp")
+        if self.client_dp:
+            raise FedVaultError("dp-mode = distributed and client-dp cannot be combined")
+        if self.dp_colluders < 0:
+            raise FedVaultError("dp-colluders must be >= 0")
+
+    @property
+    def distributed_dp(self) -> bool:
+        """One DP-SGD step per round, the noise added in shares inside secure aggregation."""
+        return self.dp and self.dp_mode == "distributed"
 
     def _check_client_dp(self) -> None:
         if self.client_dp_noise < 0 or self.client_dp_clip <= 0:
@@ -160,6 +195,10 @@ class RunSettings:
         if task_values.get("name") == "tabular" and task_values.get("schema"):
             task_values["schema"] = _read_schema_text(task_values["schema"])
         return cls(task=TaskSettings(**task_values), **values)
+
+    def digest(self) -> str:
+        """SHA-256 of the flat settings: what sites bind their secure-aggregation keys to."""
+        return hashlib.sha256(json.dumps(self.to_config(), sort_keys=True).encode()).hexdigest()
 
     def to_config(self) -> dict[str, str | int | float | bool]:
         """The flat form, as sent to sites and written to the run directory."""

@@ -136,6 +136,8 @@ def test_a_peer_off_the_roster_or_twice_on_it_is_refused():
                 "mallory",
                 request[m.PEER_MASK_PKS][0],
                 request[m.PEER_ENC_PKS][0],
+                attack.server.params,
+                "",
             )
         ),
         *request[m.PEER_SIGNATURES][1:],

@@ -20,7 +20,7 @@ RUN = [
     "--set", "task.num-train=3000", "--set", "task.num-test=600",
     "--set", "local-epochs=1", "--set", "batch-size=64", "--set", "learning-rate=0.1",
     "--set", "dp=true", "--set", "noise-multiplier=1.0", "--set", "target-epsilon=0",
-    "--set", "secagg=false",
+    "--set", "secagg=false", "--set", "dp-mode=local", "--set", "accountant=prv",
 ]  # fmt: skip
 
 

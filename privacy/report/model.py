@@ -200,10 +200,16 @@ def _dp_statements(report: dict[str, Any]) -> list[str]:
         f"Each record at {rows.join(names, everyone)} is protected by ({eps}, "
         f"{rows.delta(delta)})-DP at example level, add/remove adjacency, over every release "
         "recorded in the ledger the site keeps for its data source, this run and earlier ones "
-        f"({acct['name'].upper()} accountant, opacus {acct['version']}); as Gaussian DP, mu = "
-        f"{mu} (its curve holds at every delta >= {floor}; dp-accounting)."
+        f"({acct['name'].upper()} accountant, opacus {acct['version']})"
+        + (
+            f"; as Gaussian DP, mu = {mu} (its curve holds at every delta >= {floor}; "
+            "dp-accounting)."
+            if mu != "unknown"
+            else "."
+        )
         for (eps, delta, mu), names in groups.items()
     ]
+    statements += _distributed_statements(sample, everyone)
     statements += _tuning_statements(sample, everyone)
     statements += _person_statements(sample, everyone)
     seeded = [site["site"] for site in sample["sites"] if site.get("secure_rng") is False]
@@ -227,6 +233,39 @@ def _dp_statements(report: dict[str, Any]) -> list[str]:
             "server and are outside the guarantee."
         )
     return statements
+
+
+def _distributed_statements(sample: dict[str, Any], everyone: list[str]) -> list[str]:
+    """The trust the distributed steps rest on, and the epsilon if it were broken."""
+    groups = _group(
+        (s for s in sample["sites"] if s.get("distributed")),
+        lambda s: (
+            s["distributed"]["colluders"],
+            s["distributed"]["threshold"],
+            s["distributed"]["honest"],
+            _fmt(s["distributed"]["fallback_epsilon"]),
+        ),
+    )
+    return [
+        f"{rows.join(names, everyone)} took distributed DP-SGD steps: each added only its "
+        "share of the noise, so the epsilon above holds while secure aggregation hides each "
+        f"site's vector and {_collusion(colluders, threshold, honest)}. Should secure "
+        f"aggregation fail, each site's own share alone would give epsilon {fallback} (the "
+        "fallback epsilon, RDP)."
+        for (colluders, threshold, honest, fallback), names in groups.items()
+    ]
+
+
+def _collusion(colluders: int, threshold: int, honest: int) -> str:
+    if not colluders:
+        return (
+            f"no site colludes with the server (every released sum holds at least {threshold} "
+            f"shares, each of 1/{honest} of the noise variance)"
+        )
+    return (
+        f"at most {colluders} of the {threshold} or more sites in every released sum collude "
+        f"with the server (the {honest} honest shares left carry the full noise)"
+    )
 
 
 def _refusal_statements(sample: dict[str, Any]) -> list[str]:

@@ -69,7 +69,6 @@ def _person(site: dict[str, Any]) -> str:
 
 def site_row(site: dict[str, Any]) -> dict[str, str]:
     """A site's row of the sample-level table, as it reads."""
-    rng = site["secure_rng"]
     return {
         "epsilon": eps(site["epsilon"]),
         "epsilon_rdp": eps(site["epsilon_rdp"]),
@@ -82,13 +81,19 @@ def site_row(site: dict[str, Any]) -> dict[str, str]:
         "left": eps(site["epsilon_remaining"]),
         "person": _person(site),
         "rounds": str(site["rounds_trained"]),
-        "noise": "seeded: no guarantee"
-        if rng is False
-        else "site CSPRNG"
-        if rng
-        else "not reported",
+        "noise": _noise(site),
         "refusals": _refusals(site),
     }
+
+
+def _noise(site: dict[str, Any]) -> str:
+    """Where the noise came from, and for distributed steps the fallback epsilon."""
+    rng = site["secure_rng"]
+    source = "seeded: no guarantee" if rng is False else "site CSPRNG" if rng else "not reported"
+    shared = site.get("distributed")
+    if not shared:
+        return source
+    return f"{source}; a share of the noise (fallback epsilon {eps(shared['fallback_epsilon'])})"
 
 
 def round_rows(site: dict[str, Any]) -> tuple[dict[str, str], ...]:

@@ -12,11 +12,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from importlib.metadata import version
 from typing import Any
 
 from privacy import gdp
-from privacy.accounting import PrivacyEvent, accountant_info, compute_epsilon
+from privacy.accounting import (
+    GAUSSIAN,
+    PrivacyEvent,
+    accountant_info,
+    compute_epsilon,
+    merged,
+)
 from privacy.dp_ledger import PLAIN_RELEASE, Spending
 from privacy.errors import FedVaultError
 from privacy.identity import Roster, decode_signature, ledger_head_bytes, verify
@@ -60,7 +67,12 @@ CLAIM_TOLERANCE = 1e-6  # relative; the site and the report run the same determi
 
 
 def _key(events: Sequence[PrivacyEvent]) -> tuple:
-    return tuple(sorted((e.noise_multiplier, e.sample_rate, e.steps) for e in events))
+    return tuple(
+        sorted(
+            (e.mechanism, e.noise_multiplier, e.sample_rate, e.steps, e.dimension, e.scale)
+            for e in merged(events)
+        )
+    )
 
 
 class EpsilonCache:
@@ -104,12 +116,35 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _ledger_prefix(files: list[LedgerFile], head: str) -> tuple[LedgerFile, Row] | None:
-    for ledger in files:
-        for row in ledger.rows:
-            if row.row_hash == head:
-                return ledger, row
-    return None
+class _Prefixes:
+    """A site's ledgers read once: the spending up to each head the site reported.
+
+    Heads come in ledger order, round after round, so each lookup continues where the last
+    one stopped; an earlier head starts that ledger again. The spending returned is valid
+    until the next lookup.
+    """
+
+    def __init__(self, files: list[LedgerFile]) -> None:
+        self._where = {
+            row.row_hash: (ledger, index)
+            for ledger in files
+            for index, row in enumerate(ledger.rows)
+        }
+        self._ledger: LedgerFile | None = None
+        self._next = 0
+        self._spending = Spending()
+
+    def find(self, head: str) -> tuple[LedgerFile, Row, Spending] | None:
+        found = self._where.get(head)
+        if found is None:
+            return None
+        ledger, index = found
+        if ledger is not self._ledger or index < self._next - 1:
+            self._ledger, self._next, self._spending = ledger, 0, Spending()
+        for row in ledger.rows[self._next : index + 1]:
+            self._spending.add(row)
+        self._next = max(self._next, index + 1)
+        return ledger, ledger.rows[index], self._spending
 
 
 def _head_signature(
@@ -140,18 +175,25 @@ def _head_signature(
 def _site_round(
     site: str,
     row: Row,
-    ledgers: list[LedgerFile],
+    ledgers: _Prefixes,
+    has_ledgers: bool,
     epsilon: EpsilonCache,
     findings: list[dict[str, str]],
     roster: Roster | None,
-) -> tuple[dict[str, Any], list[PrivacyEvent]]:
-    """One round of one site: its mechanism, recomputed epsilons, and the checks made."""
+) -> tuple[dict[str, Any], list[PrivacyEvent], list[PrivacyEvent], int]:
+    """One round of one site: its mechanism, recomputed epsilons, and the checks made.
+
+    Also the events before this round's, and how many releases they were. The site reports
+    its history merged (`accounting.merged`: equal events folded, steps summed), so the
+    comparison with its ledger is made merged too.
+    """
     p = row.payload
     server_round = p.get("round")
     where = f"{site} round {server_round}"
     try:
         event = PrivacyEvent.from_dict(p["event"])
-        claimed_events = [PrivacyEvent.from_dict(e) for e in p["events"]]
+        claimed_events = merged([PrivacyEvent.from_dict(e) for e in p["events"]])
+        releases = int(p.get("releases", len(p["events"])))
         delta, accountant = float(p["delta"]), str(p["accountant"])
     except (KeyError, TypeError, ValueError, FedVaultError) as exc:
         raise FedVaultError(f"run ledger row {row.seq} ({where}) is malformed: {exc}") from None
@@ -161,23 +203,23 @@ def _site_round(
         None,
         None,
     )
-    found = _ledger_prefix(ledgers, str(p.get("ledger-head", "")))
+    fallback_events = None
+    found = ledgers.find(str(p.get("ledger-head", "")))
     if found is not None:
-        ledger, head_row = found
-        prefix = [r for r in ledger.rows if r.seq <= head_row.seq]
-        spending = Spending.of(prefix)
+        ledger, _, spending = found
         events = spending.events
+        fallback_events = merged(spending.fallback_events)
         last_reserved = list(spending.reserved.values())[-1] if spending.reserved else None
         source, run_id, site_ledger = (
             f"site ledger {ledger.file}",
             last_reserved.payload.get("run_id") if last_reserved else None,
             ledger.file,
         )
-        if events != claimed_events:
+        if merged(events) != claimed_events:
             findings.append(
                 _finding("error", f"{where}: the events the site reported differ from its ledger")
             )
-    elif ledgers:
+    elif has_ledgers:
         findings.append(
             _finding(
                 "error",
@@ -185,11 +227,18 @@ def _site_round(
                 "reported is not in its ledger (rewritten or replaced)",
             )
         )
-    if not events or events[-1] != event:
+    if site_ledger is not None:
+        before, releases_before = events[:-1], len(events) - 1
+        recorded = bool(events) and events[-1] == event
+    else:
+        before, releases_before = _without(events, event), releases - 1
+        recorded = before is not None
+    if not recorded:
         findings.append(_finding("error", f"{where}: the round's event is not the last recorded"))
     head_signature = _head_signature(site, p, roster, where, findings)
-    cumulative = epsilon(events, delta, accountant)
-    cumulative_rdp = epsilon(events, delta, "rdp")
+    folded = merged(events)
+    cumulative = epsilon(folded, delta, accountant)
+    cumulative_rdp = epsilon(folded, delta, "rdp")
     claim_matches = True
     for name, claimed, value in (
         (accountant, p.get("epsilon"), cumulative),
@@ -229,6 +278,8 @@ def _site_round(
         "noise_source": p.get("noise-source"),
         "secure_rng": p.get("secure-rng"),
     }
+    if "noise-shares" in p:
+        record["distributed"] = _distributed(p, fallback_events, delta, epsilon, where, findings)
     if p.get("secure-rng") is False:
         findings.append(
             _finding(
@@ -237,7 +288,52 @@ def _site_round(
                 "is predictable and the DP guarantee does not hold",
             )
         )
-    return record, events
+    return record, events, before or [], releases_before
+
+
+def _without(events: list[PrivacyEvent], event: PrivacyEvent) -> list[PrivacyEvent] | None:
+    """A merged history less one `event`; None if it does not hold that event."""
+    out = []
+    found = False
+    for e in events:
+        if not found and replace(e, steps=event.steps) == event and e.steps >= event.steps:
+            found = True
+            if e.steps > event.steps:
+                out.append(replace(e, steps=e.steps - event.steps))
+            continue
+        out.append(e)
+    return out if found else None
+
+
+def _distributed(
+    p: dict[str, Any],
+    fallback_events: list[PrivacyEvent] | None,
+    delta: float,
+    epsilon: EpsilonCache,
+    where: str,
+    findings: list[dict[str, str]],
+) -> dict[str, Any]:
+    """A distributed step: the honest shares its noise rests on, and the fallback epsilon."""
+    shares = p["noise-shares"]
+    claimed = p.get("fallback-epsilon")
+    fallback = None
+    if fallback_events is not None:
+        fallback = epsilon(fallback_events, delta, "rdp")
+        if _differs(claimed, fallback):
+            findings.append(
+                _finding(
+                    "error",
+                    f"{where}: the site claimed fallback epsilon {claimed} but its events give "
+                    f"{fallback:.6g}",
+                )
+            )
+    return {
+        "threshold": shares.get("threshold"),
+        "colluders": shares.get("colluders"),
+        "honest": shares.get("honest"),
+        "fallback_epsilon": _finite(fallback) if fallback is not None else None,
+        "claimed_fallback_epsilon": claimed,
+    }
 
 
 def _finding(severity: str, message: str) -> dict[str, str]:
@@ -295,12 +391,11 @@ def _runs_before(ledgers: list[LedgerFile], head: str, run_id: str | None) -> in
     every run id with a reservation that was not cancelled, or with a release without DP,
     except this run's own. None where the site ledger is not in the run directory.
     """
-    found = _ledger_prefix(ledgers, head)
+    found = _Prefixes(ledgers).find(head)
     if found is None or run_id is None:
         return None
-    ledger, head_row = found
+    ledger, head_row, spending = found
     prefix = [row for row in ledger.rows if row.seq <= head_row.seq]
-    spending = Spending.of(prefix)
     runs = {
         str(row.payload.get("run_id"))
         for spend_id, row in spending.reserved.items()
@@ -358,24 +453,33 @@ def sample_level(
         if not rows and site not in refusals:
             continue
         ledgers = inputs.site_ledgers.get(site, [])
+        prefixes = _Prefixes(ledgers)
         records, events = [], []
         first_events: list[PrivacyEvent] | None = None
+        releases_before: int | None = None
         for row in rows:
-            record, events = _site_round(site, row, ledgers, epsilon, findings, inputs.roster)
+            record, events, before, count = _site_round(
+                site, row, prefixes, bool(ledgers), epsilon, findings, inputs.roster
+            )
             records.append(record)
             if first_events is None:
-                first_events = events[:-1]
+                first_events, releases_before = before, count
         payload = rows[-1].payload if rows else refusals[site][-1].payload
         delta = float(payload.get("delta", inputs.config.get("delta", 1e-5)))
         limit = payload.get("max-epsilon")
         final = records[-1]["epsilon_cumulative"] if records else None
         trained = [r for r in records if r["purpose"] == "train"]
         runs_before = (
-            _runs_before(ledgers, str(rows[0].payload.get("ledger-head", "")), records[0]["run_id"])
+            _runs_before(
+                ledgers,
+                str(rows[0].payload.get("ledger-head", "")),
+                records[0]["run_id"],
+            )
             if records
             else None
         )
         bound = records_per_person.get(site)
+        distributed = [r["distributed"] for r in records if "distributed" in r]
         sites.append(
             {
                 "site": site,
@@ -387,11 +491,13 @@ def sample_level(
                 "record_count_public": payload.get("public-record-count"),
                 "epsilon": final,
                 "epsilon_rdp": records[-1]["epsilon_cumulative_rdp"] if records else None,
-                "gdp_mu": epsilon.mu(events) if records else None,
+                "gdp_mu": epsilon.mu(events)
+                if records and all(e.mechanism == GAUSSIAN for e in events)
+                else None,
                 "epsilon_before_run": _finite(epsilon(first_events, delta, accountant))
                 if first_events is not None
                 else None,
-                "releases_before_run": len(first_events) if first_events is not None else None,
+                "releases_before_run": releases_before,
                 "runs_before_run": runs_before,
                 "runs_before_run_source": (
                     "no release in this run"
@@ -405,6 +511,7 @@ def sample_level(
                     if isinstance(limit, int | float) and final is not None
                     else None
                 ),
+                "distributed": distributed[-1] if distributed else None,
                 "records_per_person": bound,
                 "person_level": group_privacy(final, delta, bound)
                 if final is not None and bound is not None and bound > 1

@@ -23,6 +23,7 @@ A client with an identity refuses the semi-honest protocol; one without refuses 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ from privacy.secagg import crypto
 from privacy.secagg import messages as m
 from privacy.secagg.config import RoundParams
 from privacy.secagg.errors import SecAggProtocolError
-from privacy.secagg.field import encode
+from privacy.secagg.field import encode, encode_integers
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ _PREVIOUS = {
     m.MASKED_INPUT: (m.SHARE_KEYS,),
     m.CONSISTENCY: (m.MASKED_INPUT,),
     m.UNMASK: (m.MASKED_INPUT, m.CONSISTENCY, m.UNMASK),
+    m.STEP: (m.SHARE_KEYS, m.STEP),
 }
 _TABLES = ("peer_mask_pks", "peer_enc_pks", "seed_shares", "key_shares", "revealed", "peer_names")
 KEYS_PURPOSE = "secagg-keys"
@@ -58,10 +60,23 @@ SURVIVORS_PURPOSE = "secagg-survivors"
 
 
 def keys_signed_bytes(
-    session: str, client_id: int, name: str, mask_pk: bytes, enc_pk: bytes
+    session: str,
+    client_id: int,
+    name: str,
+    mask_pk: bytes,
+    enc_pk: bytes,
+    params: RoundParams,
+    context: str,
 ) -> bytes:
-    """What a client signs at setup: its two public keys, bound to its id, name and session."""
-    return signed_bytes(KEYS_PURPOSE, session, client_id, name, mask_pk, enc_pk)
+    """What a client signs at setup: its two public keys, bound to its id, name and session,
+    and to the round's parameters and `context` as it received them.
+
+    A peer checks the signature against its own parameters and context, so a server that
+    tells two clients different thresholds or run settings (say, different noise) gets
+    their keys refused instead of a round in which each trusts the other's noise.
+    """
+    agreed = json.dumps(params.to_wire(), sort_keys=True)
+    return signed_bytes(KEYS_PURPOSE, session, client_id, name, mask_pk, enc_pk, agreed, context)
 
 
 def survivors_signed_bytes(session: str, survivors: list[int]) -> bytes:
@@ -89,13 +104,18 @@ class _Session:
     out_of_range: int = -1
     peer_names: dict[int, str] = field(default_factory=dict)
     survivors: list[int] = field(default_factory=list)
+    last_step: int = 0
 
 
 class SecAggClient:
     """Client `client_id`'s protocol state across the four stages of a round."""
 
     def __init__(
-        self, client_id: int, identity: Identity | None = None, min_peers: int = 0
+        self,
+        client_id: int,
+        identity: Identity | None = None,
+        min_peers: int = 0,
+        context: str = "",
     ) -> None:
         if (
             not isinstance(client_id, int)
@@ -106,12 +126,20 @@ class SecAggClient:
         self.client_id = client_id
         self.identity = identity
         self.min_peers = min_peers
+        self.context = context
         self._s: _Session | None = None
         self._past_sessions: list[str] = []
 
     @property
     def session(self) -> str | None:
         return self._s.session if self._s else None
+
+    @property
+    def params(self) -> RoundParams:
+        """The parameters of the current session (validated at setup)."""
+        if self._s is None:
+            raise SecAggProtocolError("no secure-aggregation session has been set up")
+        return self._s.params
 
     @property
     def stage(self) -> str | None:
@@ -145,6 +173,10 @@ class SecAggClient:
             if update is None or weight is None:
                 raise FedVaultError("a masked-input request needs the client's update and weight")
             return self.masked_input(request, update, weight)
+        if stage == m.STEP:
+            if update is None:
+                raise FedVaultError("a step request needs the client's integer vector")
+            return self.step(request, update)
         if stage == m.CONSISTENCY:
             return self.consistency(request)
         return self.unmask(request)
@@ -188,7 +220,9 @@ class SecAggClient:
         reply = {**self._reply_header(h), m.MASK_PK: mask_pk, m.ENC_PK: enc_pk}
         if self.identity is not None:
             name = self.identity.name
-            signed = keys_signed_bytes(h.session, self.client_id, name, mask_pk, enc_pk)
+            signed = keys_signed_bytes(
+                h.session, self.client_id, name, mask_pk, enc_pk, params, self.context
+            )
             reply.update({m.NAME: name, m.SIGNATURE: self.identity.sign(signed)})
         return reply
 
@@ -216,7 +250,7 @@ class SecAggClient:
         all_pks = [*mask_pks, *enc_pks, s.mask_pk, s.enc_pk]
         if len(set(all_pks)) != len(all_pks):
             raise SecAggProtocolError("share-keys request repeats a public key")
-        peer_names = self._authenticate_peers(h.session, r, peers, mask_pks, enc_pks)
+        peer_names = self._authenticate_peers(s, r, peers, mask_pks, enc_pks)
 
         seed = os.urandom(crypto.SEED_BYTES)
         holders = sorted([*peers, self.client_id])
@@ -265,7 +299,10 @@ class SecAggClient:
         """Stage 3: store the neighbours' shares, send weight * update plus all masks."""
         h, s, srcs, seed_shares, key_shares = self._open_masked_input(request)
         p = s.params
-        vector, out_of_range = encode(update, weight, p)
+        if p.integer_input:
+            vector, out_of_range = encode_integers(update, p), 0
+        else:
+            vector, out_of_range = encode(update, weight, p)
         if out_of_range:
             log.warning(
                 "client %d: %d of %d update values outside the clipping range +-%g were "
@@ -300,11 +337,54 @@ class SecAggClient:
         )
         return {**self._reply_header(h), m.MASKED_VECTOR: vector}
 
+    def check_step(self, request: Mapping[str, Any]) -> None:
+        """Raise SecAggProtocolError unless `step` would accept `request` (changes nothing)."""
+        self._open_step(request)
+
+    def step(self, request: Mapping[str, Any], update: np.ndarray) -> m.Message:
+        """One step of a multi-step session: the int64 `update` masked for this step only.
+
+        Every member masks with every other member, with keys derived for this step index,
+        and the index must grow: a step is answered once, so no two vectors of this client
+        ever share masks (their difference would show its inputs' difference in the clear).
+        Masks cancel only in the sum of all members' vectors; there is no self-mask and no
+        recovery: if a member does not answer, the step's sum cannot be unmasked at all,
+        and the server starts a new session without it.
+        """
+        h, s, index = self._open_step(request)
+        vector = encode_integers(update, s.params)
+        label = f"{s.session}/step/{index}"
+        for peer, peer_pk in s.peer_mask_pks.items():
+            key = crypto.agree(s.mask_sk, peer_pk, crypto.MASK_PURPOSE, label, self.client_id, peer)
+            mask = crypto.prg(key, len(vector), s.params.modulus_bits)
+            if self.client_id < peer:
+                vector += mask
+            else:
+                vector -= mask
+        self._s = replace(s, stage=m.STEP, seen_nonces=[*s.seen_nonces, h.nonce], last_step=index)
+        return {**self._reply_header(h), m.MASKED_VECTOR: vector}
+
+    def _open_step(self, request: Mapping[str, Any]) -> tuple[m.Header, _Session, int]:
+        h, s = self._check_request(request, m.STEP)
+        if not s.params.multi_step:
+            raise SecAggProtocolError("step request in a single-round session")
+        index = request.get(m.STEP_INDEX)
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise SecAggProtocolError(f"step request carries no step index, got {index!r}")
+        if index <= s.last_step:
+            raise SecAggProtocolError(
+                f"step {index} requested after step {s.last_step} of this session: a step "
+                "is answered once, in increasing order"
+            )
+        return h, s, index
+
     def _open_masked_input(
         self, request: Mapping[str, Any]
     ) -> tuple[m.Header, _Session, list[int], dict[int, bytes], dict[int, bytes]]:
         """Check a masked-input request and decrypt the shares it carries."""
         h, s = self._check_request(request, m.MASKED_INPUT)
+        if s.params.multi_step:
+            raise SecAggProtocolError("masked-input request in a multi-step session")
         r = m.Reader(request, f"masked-input request to client {self.client_id}")
         srcs = r.ids(m.SRC_IDS)
         ciphertexts = r.blobs(m.CIPHERTEXTS)
@@ -422,7 +502,7 @@ class SecAggClient:
 
     def _authenticate_peers(
         self,
-        session: str,
+        s: _Session,
         r: m.Reader,
         peers: list[int],
         mask_pks: list[bytes],
@@ -444,7 +524,9 @@ class SecAggClient:
                 raise SecAggProtocolError(f"peer {peer} claims {name!r}, who is not on the roster")
             if name == self.identity.name:
                 raise SecAggProtocolError(f"peer {peer} claims this site's own name {name!r}")
-            signed = keys_signed_bytes(session, peer, name, mask_pk, enc_pk)
+            signed = keys_signed_bytes(
+                s.session, peer, name, mask_pk, enc_pk, s.params, self.context
+            )
             if not verify(key, signed, signature):
                 raise SecAggProtocolError(
                     f"the keys of peer {peer} ({name}) carry no valid signature of {name}: "
@@ -558,6 +640,7 @@ class SecAggClient:
                 "masked_with": list(s.masked_with),
                 "out_of_range": s.out_of_range,
                 "survivors": list(s.survivors),
+                "last_step": s.last_step,
             }
         )
         for name in _TABLES:
@@ -568,11 +651,15 @@ class SecAggClient:
 
     @classmethod
     def from_state(
-        cls, state: Mapping[str, Any], identity: Identity | None = None, min_peers: int = 0
+        cls,
+        state: Mapping[str, Any],
+        identity: Identity | None = None,
+        min_peers: int = 0,
+        context: str = "",
     ) -> SecAggClient:
-        """Rebuild a client from `to_state()` output (its identity is the site's own)."""
+        """Rebuild a client from `to_state()` output (its identity and context its own)."""
         try:
-            client = cls(state["client_id"], identity, min_peers)
+            client = cls(state["client_id"], identity, min_peers, context)
             client._past_sessions = list(state["past_sessions"])
             if "session" not in state:
                 return client
@@ -596,6 +683,7 @@ class SecAggClient:
                 masked_with=list(state["masked_with"]),
                 out_of_range=state["out_of_range"],
                 survivors=list(state["survivors"]),
+                last_step=state["last_step"],
                 **tables,
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -51,10 +51,14 @@ class RoundParams:
     max_weight: int
     vector_length: int
     authenticated: int = 1
+    integer_input: int = 0
+    multi_step: int = 0
 
     def __post_init__(self) -> None:
-        if self.authenticated not in (0, 1) or isinstance(self.authenticated, bool):
-            raise FedVaultError("secure aggregation: authenticated must be 0 or 1")
+        for flag in ("authenticated", "integer_input", "multi_step"):
+            value = getattr(self, flag)
+            if value not in (0, 1) or isinstance(value, bool):
+                raise FedVaultError(f"secure aggregation: {flag} must be 0 or 1")
         for name in (
             "num_clients",
             "num_neighbours",
@@ -99,8 +103,18 @@ class RoundParams:
             raise FedVaultError(f"max_weight must be at least 1, got {self.max_weight}")
         if self.vector_length < 1:
             raise FedVaultError(f"vector_length must be at least 1, got {self.vector_length}")
+        if self.multi_step and not (self.integer_input and k == n - 1 and t == holders):
+            raise FedVaultError(
+                "a multi-step session sums integer vectors of every member, each masked with "
+                "every other member: integer_input = 1, num_neighbours = n - 1, threshold = n"
+            )
+        if self.integer_input and self.modulus_bits != MAX_MODULUS_BITS:
+            raise FedVaultError(
+                f"integer vectors are summed modulo 2**{MAX_MODULUS_BITS}, got modulus_bits "
+                f"{self.modulus_bits}"
+            )
         worst_sum = n * self.max_weight * self.target_range
-        if worst_sum >= self.modulus:
+        if not self.integer_input and worst_sum >= self.modulus:
             raise FedVaultError(
                 f"field too small: {n} clients x max_weight {self.max_weight} x 2**"
                 f"{self.quantization_bits} quantization levels = {worst_sum} does not fit in "
@@ -203,8 +217,20 @@ class SecAggConfig:
             vector_length=1,
         )
 
-    def resolve(self, num_clients: int, vector_length: int) -> RoundParams:
-        """The parameters for a round with `num_clients` participants and vectors this long."""
+    def resolve(
+        self,
+        num_clients: int,
+        vector_length: int,
+        integer_input: bool = False,
+        multi_step: bool = False,
+    ) -> RoundParams:
+        """The parameters for a round with `num_clients` participants and vectors this long.
+
+        `integer_input`: the clients send int64 vectors (distributed DP noise already added)
+        instead of float updates to quantize; the sum is exact modulo 2**64. `multi_step`:
+        one key agreement serves many steps (privacy/secagg/client.py, `step`): every member
+        masks with every other and must answer every step.
+        """
         if not _is_int(num_clients) or num_clients < 2:
             raise FedVaultError(f"secure aggregation needs at least 2 clients, got {num_clients}")
         n = num_clients
@@ -212,11 +238,15 @@ class SecAggConfig:
         k = min(k, n - 1)
         if k < n - 1 and (n * k) % 2:
             k += 1  # a k-regular graph needs n * k even
+        if multi_step:
+            k = n - 1
         holders = k + 1
         t = self.reconstruction_threshold
         threshold = (
             max(holders // 2 + 1, math.ceil(t * holders - 1e-9)) if isinstance(t, float) else t
         )
+        if multi_step:
+            threshold = holders
         return RoundParams(
             num_clients=n,
             num_neighbours=k,
@@ -227,4 +257,6 @@ class SecAggConfig:
             max_weight=self.max_weight,
             vector_length=vector_length,
             authenticated=int(self.authenticated),
+            integer_input=int(integer_input),
+            multi_step=int(multi_step),
         )

@@ -8,6 +8,11 @@ Quantization and dequantization are Flower's (`flwr.common.secure_aggregation.qu
 stochastic rounding of [-r, r] onto [0, 2**bits], unbiased. `RoundParams` guarantees the
 largest possible sum, n * max_weight * 2**bits, stays below the modulus, so the sum modulo
 2**modulus_bits is the true integer sum and needs no sign handling.
+
+Integer input (distributed DP, privacy/distributed_noise.py) skips quantization: the client's
+int64 vector enters the field as its two's complement modulo 2**64, with weight 1 and no
+out-of-range count, and the sum read back as int64 is the exact signed sum while its true
+value fits in 63 bits (the client refuses a vector that could overflow).
 """
 
 from __future__ import annotations
@@ -60,11 +65,34 @@ def encode(update: np.ndarray, weight: int, params: RoundParams) -> tuple[np.nda
     return vector, out_of_range
 
 
+def encode_integers(values: np.ndarray, params: RoundParams) -> np.ndarray:
+    """The field vector of an int64 vector (integer-input rounds)."""
+    x = np.asarray(values)
+    if x.dtype != np.int64 or x.shape != (params.vector_length,):
+        raise FedVaultError(
+            f"integer input must be an int64 vector of {params.vector_length} values, "
+            f"got {x.dtype} of shape {tuple(x.shape)}"
+        )
+    limit = (1 << 62) // params.num_clients
+    if x.size and int(np.max(np.abs(x))) >= limit:
+        raise FedVaultError(
+            f"integer input has a value of magnitude >= 2**62 / {params.num_clients}: "
+            "the sum could overflow"
+        )
+    vector = np.zeros(field_length(params), dtype=np.uint64)
+    vector[: params.vector_length] = x.view(np.uint64)
+    vector[params.vector_length] = 1
+    return vector
+
+
 def decode(total: np.ndarray, params: RoundParams) -> tuple[np.ndarray, int, int]:
     """(weighted sum as float64, total weight, total out-of-range count) of an unmasked sum."""
     d = params.vector_length
     total_weight = int(total[d])
     out_of_range = int(total[d + 1])
+    if params.integer_input:
+        signed = np.asarray(total[:d], dtype=np.uint64).view(np.int64)
+        return signed.astype(np.float64), total_weight, out_of_range
     (shifted,) = dequantize([total[:d]], params.clipping_range, params.target_range)
     # dequantize() removes one offset of r; a weighted sum carries total_weight of them.
     weighted_sum = shifted - params.clipping_range * (total_weight - 1)

@@ -28,8 +28,11 @@ SHARE_KEYS = "share-keys"
 MASKED_INPUT = "masked-input"
 CONSISTENCY = "consistency"
 UNMASK = "unmask"
+STEP = "step"
 STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, CONSISTENCY, UNMASK)
 SEMI_HONEST_STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK)
+SESSION_STAGES = (SETUP, SHARE_KEYS, STEP)
+ALL_STAGES = (*STAGES, STEP)
 
 # Header, in every message.
 SESSION = "session"
@@ -56,6 +59,9 @@ SELF_MASK_COMMITMENT = "self_mask_commitment"
 # masked-input request: SRC_IDS + CIPHERTEXTS. masked-input reply: MASKED_VECTOR (ArrayRecord).
 SRC_IDS = "src_ids"
 MASKED_VECTOR = "masked_vector"
+# step request (multi-step sessions): STEP_INDEX, larger than every earlier step of the
+# session. step reply: MASKED_VECTOR.
+STEP_INDEX = "step_index"
 # consistency request: SURVIVOR_IDS, every client whose masked input is in the sum.
 # consistency reply: SIGNATURE over (session, survivors).
 # unmask request (signers and their signatures only when authenticated):
@@ -99,7 +105,7 @@ def read_header(msg: Any) -> Header:
         raise SecAggProtocolError(f"message is a {type(msg).__name__}, not a mapping")
     for key, ok, what in (
         (SESSION, lambda v: isinstance(v, str) and v != "", "a non-empty str"),
-        (STAGE, lambda v: v in STAGES, f"one of {', '.join(STAGES)}"),
+        (STAGE, lambda v: v in ALL_STAGES, f"one of {', '.join(ALL_STAGES)}"),
         (SENDER, _is_node_id, "a node id"),
         (RECIPIENT, _is_node_id, "a node id"),
         (NONCE, lambda v: isinstance(v, bytes) and len(v) == NONCE_BYTES, "16 bytes"),

@@ -78,6 +78,8 @@ class SecAggServer:
         vector_length: int,
         *,
         seed: int | None = None,
+        integer_input: bool = False,
+        multi_step: bool = False,
     ) -> None:
         if not isinstance(session_id, str) or not session_id:
             raise FedVaultError("secure aggregation session id must be a non-empty string")
@@ -91,9 +93,10 @@ class SecAggServer:
             raise FedVaultError("client ids must be distinct")
         self.config = config
         self.session = session_id
-        self.params = config.resolve(len(ids), vector_length)
+        self.params = config.resolve(len(ids), vector_length, integer_input, multi_step)
         self.neighbours = neighbour_graph(ids, self.params.num_neighbours, seed)
         self.dropped: dict[int, str] = {}
+        self.faulty: set[int] = set()  # dropped for not answering or answering wrongly
         self.rejections: list[str] = []
         self.stage: str | None = m.SETUP
         self._abort_reason: str | None = None
@@ -126,8 +129,26 @@ class SecAggServer:
 
     @property
     def stages(self) -> tuple[str, ...]:
-        """The stages of this round: the consistency stage only when authenticated."""
+        """The stages of this round: the consistency stage only when authenticated; a
+        multi-step session has key agreement, then steps."""
+        if self.params.multi_step:
+            return m.SESSION_STAGES
         return m.STAGES if self.params.authenticated else m.SEMI_HONEST_STAGES
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """A multi-step session's members once keys are agreed: every step needs them all."""
+        return tuple(sorted(self._sharers))
+
+    def open_step(self, index: int) -> None:
+        """Ask every member for step `index` (larger than the last) of a multi-step session."""
+        self._check_not_aborted()
+        if self.stage != m.STEP:
+            raise FedVaultError(f"no step can be opened at stage {self.stage}")
+        self._result = None
+        self._sum = np.zeros(field_length(self.params), dtype=np.uint64)
+        self._contributors = set()
+        self._issue({cid: {m.STEP_INDEX: index} for cid in self.members})
 
     def requests(self) -> dict[int, m.Message]:
         """The current stage's request for each client still taking part."""
@@ -146,6 +167,7 @@ class SecAggServer:
             m.MASKED_INPUT: self._on_masked_input,
             m.CONSISTENCY: self._on_consistency,
             m.UNMASK: self._on_unmask,
+            m.STEP: self._on_masked_input,
         }
         for reply in replies:
             try:
@@ -158,12 +180,16 @@ class SecAggServer:
             try:
                 handlers[stage](sender, reply)
             except SecAggProtocolError as exc:
+                self.faulty.add(sender)
                 self._drop(sender, f"{stage}: {exc.reason}")
         for cid in sorted(set(self._requests) - self._answered):
+            self.faulty.add(cid)
             self._drop(cid, f"{stage}: no reply")
         stages = self.stages
         position = stages.index(stage) + 1
         self.stage = stages[position] if position < len(stages) else None
+        if stage == m.STEP:
+            self.stage = m.STEP
         try:
             {
                 m.SETUP: self._after_setup,
@@ -171,6 +197,7 @@ class SecAggServer:
                 m.MASKED_INPUT: self._after_masked_input,
                 m.CONSISTENCY: self._after_consistency,
                 m.UNMASK: self._after_unmask,
+                m.STEP: self._after_step,
             }[stage]()
         except SecAggAbort as exc:
             self._abort_reason = exc.reason
@@ -283,6 +310,9 @@ class SecAggServer:
         t = self.params.threshold
         self._exclude_thin(lambda u: set(self._holders[u]), m.SHARE_KEYS)
         self._require_enough_live(t, m.SHARE_KEYS)
+        if self.params.multi_step:  # keys agreed: steps are opened one by one
+            self._sharers, self._outgoing, self._requests = set(self._live), {}, {}
+            return
         requests = {}
         for cid in sorted(self._live):
             srcs = sorted(self.neighbours[cid] & self._live)
@@ -294,6 +324,24 @@ class SecAggServer:
         self._sharers = set(self._live)
         self._outgoing = {}
         self._issue(requests)
+
+    def _after_step(self) -> None:
+        missing = sorted(set(self.members) - self._contributors)
+        self._require(
+            not missing,
+            f"member(s) {missing} did not answer the step: the masks of a multi-step "
+            "session cancel only in the sum of all members, so nothing can be unmasked",
+        )
+        weighted_sum, total_weight, out_of_range = decode(self._sum, self.params)
+        self._result = SecAggResult(
+            weighted_sum=weighted_sum,
+            total_weight=total_weight,
+            contributors=self.members,
+            out_of_range=out_of_range,
+            dropped=dict(self.dropped),
+            max_error=0.0,
+        )
+        self._requests = {}
 
     def _after_masked_input(self) -> None:
         t = self.params.threshold
