@@ -85,6 +85,7 @@ def test_a_distributed_run_learns_and_reports_both_epsilons_checked_independentl
         assert site["distributed"]["fallback_epsilon"] > site["epsilon"]
         # The membership-inference audit finds no more than the claim.
         assert report["audit"]["eps_lb"] <= site["epsilon"]
+    assert report["sample_level_dp"]["trust_model"].startswith("distributed: each site adds")
     summary = " ".join(report["summary"]["statements"])
     assert "took distributed DP-SGD steps" in summary and "fallback epsilon" in summary
     # Each round's released sum held every site; no site's vector was ever alone.

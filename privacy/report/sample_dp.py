@@ -32,6 +32,18 @@ from privacy.report.inputs import LedgerFile, RunInputs
 
 UNIT = "one training record (example) of a site"
 ADJACENCY = "add/remove one record"
+DISTRIBUTED_TRUST_MODEL = (
+    "distributed: each site adds a share of the noise (Skellam, from its own CSPRNG) to its "
+    "clipped gradient sum, and the full noise exists only in the secure sum, so the guarantee "
+    "holds against the server and the other sites while secure aggregation hides each site's "
+    "vector and no more sites collude with the server than the run assumed; each site's "
+    "fallback epsilon is what its own share alone gives"
+)
+DISTRIBUTED_ALGORITHM = (
+    "distributed DP-SGD (docs/distributed-dp.md): one step per round, per-example clipping to "
+    "norm C at each site, stochastic rounding, Skellam noise shares that sum to variance "
+    "(sigma C)^2 inside secure aggregation"
+)
 TRUST_MODEL = (
     "local to each site: noise is added by the site's own DP-SGD, drawn from its own CSPRNG, "
     "before its update leaves it, so the guarantee holds against the server, other sites and "
@@ -440,6 +452,7 @@ def sample_level(
     (absent: unknown); a bound above 1 adds the person-level guarantee by group privacy.
     """
     enabled = bool(inputs.config.get("dp"))
+    distributed_run = enabled and inputs.config.get("dp-mode") == "distributed"
     accountant = str(inputs.config.get("accountant", "prv"))
     by_site: dict[str, list[Row]] = {}
     for row in inputs.rows("site_round"):
@@ -529,8 +542,10 @@ def sample_level(
         "unit_of_privacy": UNIT,
         "adjacency": ADJACENCY,
         "dp_variant": "approximate (epsilon, delta)-DP",
-        "trust_model": TRUST_MODEL,
-        "algorithm": "DP-SGD (Opacus): per-example clipping to norm C, Gaussian noise sigma*C",
+        "trust_model": DISTRIBUTED_TRUST_MODEL if distributed_run else TRUST_MODEL,
+        "algorithm": DISTRIBUTED_ALGORITHM
+        if distributed_run
+        else "DP-SGD (Opacus): per-example clipping to norm C, Gaussian noise sigma*C",
         "scope": "all rounds of all runs on the same data at each site (the site ledger)",
         "hyperparameter_tuning": TUNING,
         "outside_guarantee": list(OUTSIDE),
