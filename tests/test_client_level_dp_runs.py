@@ -130,11 +130,13 @@ def test_adaptive_clipping_records_its_budget_share_and_moves_c(tmp_path):
             "client-dp-adaptive": True,
             "client-dp-clip": 0.01,
             "client-dp-noise": 1.0,
-            "client-dp-count-noise": 2.0,
+            # sigma_b = 1 over 4 sites: the noisy unclipped fraction has std 0.25, so three
+            # rounds of "none fit" move C down only with probability about 3e-4.
+            "client-dp-count-noise": 1.0,
         },
     )
     rows = ledger_rows(out, "client_dp_round")
-    assert all(r["quantile-budget-share"] == pytest.approx(1 / 16) for r in rows)
+    assert all(r["quantile-budget-share"] == pytest.approx(1 / 4) for r in rows)
     assert all(r["fitted-sites"] <= r["reporting-sites"] + 10 for r in rows)
     clip_norms = [r["event"]["clip_norm"] for r in rows] + [rows[-1]["next-clip-norm"]]
     assert clip_norms[-1] > clip_norms[0]  # deltas far above 0.01: C grows toward the median
