@@ -1,4 +1,9 @@
-"""Privacy-utility table: test accuracy of DP-SGD FedAvg at per-site epsilon 1, 3 and 8.
+"""Privacy-utility table: test accuracy at per-site epsilon 1, 3 and 8, three ways.
+
+`fedavg`: DP-SGD FedAvg with local noise (every site noises its own update). `distributed`:
+distributed DP-SGD (one step per round, noise shares inside secure aggregation).
+`pooled`: central DP-SGD on the union of the sites' records, the accuracy distributed
+DP-SGD aims at. The last two are in benchmarks/sgd_rows.py, tuned on the validation rows.
 
 The question a site operator asks is what a budget costs in accuracy, so every row trains
 the same federation (mnist1d, 10 sites, IID or Dirichlet label skew) for the same rounds,
@@ -13,6 +18,7 @@ events that actually ran, under both accountants.
     python -m benchmarks.privacy_utility --rounds 5 --sites 5 --out table.md
     python -m benchmarks.privacy_utility --epsilons 3 --partitions iid --batch-size 1024 \
         --local-epochs 4                          # one DP setting against the tuned one
+    python -m benchmarks.privacy_utility --methods distributed pooled --steps 500 1000
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.sgd_rows import SgdHyper, SgdRow, tuned
 from client.data import VALIDATION_FRACTION
 from client.dp_plan import DpSgd, poisson_plan
 from client.training import train
@@ -79,14 +86,19 @@ class Row:
     seconds: float
 
 
-def site_rows(data: Dataset, partition: str, num_sites: int, seed: int) -> list[np.ndarray]:
-    """Each site's training rows after its validation split, as the ClientApp takes them."""
+def site_rows(
+    data: Dataset, partition: str, num_sites: int, seed: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each site's training rows after its validation split, as the ClientApp takes them,
+    and the union of the validation rows (where hyperparameters are chosen)."""
     if partition == "iid":
         parts = partition_iid(len(data.y_train), num_sites, seed)
     else:
         alpha = float(partition.removeprefix("dirichlet-"))
         parts = partition_dirichlet(data.y_train, num_sites, alpha, seed)
-    return [rows[split_indices(len(rows), VALIDATION_FRACTION, seed + 1)[0]] for rows in parts]
+    splits = [split_indices(len(rows), VALIDATION_FRACTION, seed + 1) for rows in parts]
+    train = [rows[fit] for rows, (fit, _) in zip(parts, splits, strict=True)]
+    return train, np.concatenate([rows[val] for rows, (_, val) in zip(parts, splits, strict=True)])
 
 
 def server_step(
@@ -193,6 +205,26 @@ def markdown(rows: list[Row], rounds: int, num_sites: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sgd_markdown(rows: list[SgdRow], num_sites: int, tried: int) -> str:
+    """Distributed against pooled DP-SGD, each at the candidate its validation rows chose."""
+    lines = [
+        f"mnist1d, {num_sites} sites, delta {DELTA:g}, RDP; each row the best of {tried} "
+        f"candidate(s) on the sites' validation rows; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s)",
+        "",
+        "| method | partition | target epsilon | test accuracy | validation accuracy | steps "
+        "| sigma | epsilon | s/step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.method} | {row.partition} | {row.target:g} | {row.accuracy:.1%} "
+            f"| {row.validation_accuracy:.1%} | {row.hyper.steps} | {row.sigma:.3f} "
+            f"| {row.epsilon:.2f} | {row.seconds_per_step:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Test accuracy of DP-SGD FedAvg on mnist1d at per-site epsilon 1, 3, 8."
@@ -218,12 +250,28 @@ def main(argv: list[str] | None = None) -> int:
             f"--{flag}", type=kind, default=default, help=f"DP rows (default {default:g})"
         )
     parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["fedavg", "distributed", "pooled"],
+        default=["fedavg", "distributed", "pooled"],
+        help="fedavg (local noise), distributed, pooled (default all three)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[500, 1000],
+        help="distributed and pooled: candidate step counts (default 500 1000)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="IID, epsilon 3 and non-private, 3 rounds"
     )
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.epsilons, args.partitions = 3, [3.0], ["iid"]
+        args.rounds, args.epsilons, args.partitions, args.steps = 3, [3.0], ["iid"], [3]
+    if any(steps < 1 for steps in args.steps):
+        parser.error("--steps must be at least 1")
     for name in ("rounds", "sites", "num_train", "batch_size", "local_epochs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -244,11 +292,25 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     data = load_mnist1d(args.num_train, NUM_TEST, args.seed)
-    rows = []
+    rows, sgd = [], []
+    candidates = [SgdHyper(steps=steps) for steps in args.steps]
     for partition in args.partitions:
         if partition != "iid" and not partition.startswith("dirichlet-"):
             parser.error(f"unknown partition {partition!r}: use iid or dirichlet-ALPHA")
-        sites = site_rows(data, partition, args.sites, args.seed)
+        sites, validation = site_rows(data, partition, args.sites, args.seed)
+        for method in ("distributed", "pooled"):
+            # The pooled union holds the same records whatever the partition: one row.
+            if method not in args.methods or (
+                method == "pooled" and any(r.method == "pooled" for r in sgd)
+            ):
+                continue
+            for target in args.epsilons:
+                best, _ = tuned(
+                    method, data, sites, target, candidates, validation, args.seed, partition
+                )
+                sgd.append(best if method == "distributed" else replace(best, partition="any"))
+        if "fedavg" not in args.methods:
+            continue
         for target in (None, *args.epsilons):
             hyper = NON_PRIVATE if target is None else dp_hyper
             row = run_federation(data, partition, sites, args.rounds, hyper, target, args.seed)
@@ -258,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             rows.append(row)
-    table = markdown(rows, args.rounds, args.sites)
+    table = markdown(rows, args.rounds, args.sites) if rows else ""
+    if sgd:
+        table += ("\n" if table else "") + sgd_markdown(sgd, args.sites, len(candidates))
     print("\n" + table)
     if args.out:
         atomic_write_text(args.out, table)

@@ -39,7 +39,13 @@ class DistributedSgd:
         shares = NoiseShares(
             s.noise_multiplier, s.clip_norm, threshold, s.dp_colluders, len(released)
         )
-        gradient = shares.gradient_sum(released) / (contributors * s.batch_size)
+        return self.descend(state, shares.gradient_sum(released) / (contributors * s.batch_size))
+
+    def descend(
+        self, state: Mapping[str, torch.Tensor], gradient: np.ndarray
+    ) -> dict[str, torch.Tensor]:
+        """The model after one momentum step along the mean `gradient`."""
+        s = self.settings
         if self.velocity is None:
             self.velocity = np.zeros_like(gradient)
         self.velocity = s.momentum * self.velocity + gradient

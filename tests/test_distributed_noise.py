@@ -18,6 +18,7 @@ from privacy.errors import FedVaultError
 from privacy.randomness import SecureRandom
 from privacy.secagg import SecAggAbort, SecAggClient, SecAggConfig, SecAggServer
 from privacy.secagg import messages as m
+from privacy.secagg.local import LocalSteps as Session
 from privacy.secagg.local import local_identities
 
 RNG = SecureRandom()
@@ -71,35 +72,6 @@ def test_shares_are_sized_for_the_honest_contributors_and_refuse_too_many_collud
         NoiseShares(2.0, 1.0, threshold=3, colluders=3, dimension=10)
     with pytest.raises(FedVaultError, match="noise multiplier > 0"):
         NoiseShares(0.0, 1.0, threshold=3, colluders=0, dimension=10)
-
-
-class Session:
-    """A multi-step secure-aggregation session run in process, as server/secure_round.py
-    runs it over Flower messages (every reply passes through the real client and server)."""
-
-    def __init__(self, n: int, dim: int, contexts: dict[int, str] | None = None) -> None:
-        self.ids = list(range(1, n + 1))
-        identities = local_identities(self.ids)
-        contexts = contexts or {}
-        self.server = SecAggServer(
-            SecAggConfig(), "steps", self.ids, dim, integer_input=True, multi_step=True
-        )
-        self.clients = {
-            c: SecAggClient(c, identities[c], 0, contexts.get(c, "ctx")) for c in self.ids
-        }
-        while self.server.stage != m.STEP:
-            replies = [self.clients[c].handle(r) for c, r in self.server.requests().items()]
-            self.server.receive(replies)
-
-    def step(self, index: int, vectors: dict[int, np.ndarray], silent=()) -> np.ndarray:
-        self.server.open_step(index)
-        replies = [
-            self.clients[c].handle(request, vectors[c])
-            for c, request in self.server.requests().items()
-            if c not in silent
-        ]
-        self.server.receive(replies)
-        return self.server.result().weighted_sum
 
 
 def test_a_multi_step_session_sums_integer_vectors_exactly_at_every_step():

@@ -33,13 +33,34 @@ def test_dp_row_spends_its_target_epsilon_with_server_momentum(tmp_path, capsys)
     out = tmp_path / "table.md"
     args = ["--rounds", "2", "--sites", "2", "--num-train", "600", "--epsilons", "3"]
     args += ["--partitions", "iid", "--batch-size", "64", "--local-epochs", "1"]
-    args += ["--server-momentum", "0.5", "--out", str(out)]
+    args += ["--server-momentum", "0.5", "--methods", "fedavg", "--out", str(out)]
     assert privacy_utility.main(args) == 0
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| iid")]
     assert [row[1] for row in rows] == ["non-private", "3"]
     epsilon_prv, epsilon_rdp = float(rows[1][3]), float(rows[1][4])
     assert 2.9 < epsilon_prv <= 3.0 < epsilon_rdp
     assert "iid eps=3.0" in capsys.readouterr().out
+
+
+def test_distributed_and_pooled_rows_spend_their_target_with_their_own_accountant(tmp_path):
+    out = tmp_path / "table.md"
+    args = ["--sites", "3", "--num-train", "900", "--epsilons", "3", "--partitions", "iid"]
+    args += ["dirichlet-0.5", "--methods", "distributed", "pooled", "--steps", "3"]
+    assert privacy_utility.main([*args, "--out", str(out)]) == 0
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ")]
+    rows = {(row[0][2:], row[1]): row for row in rows[1:]}
+    # One pooled row (the union is the same whatever the partition), one distributed per split.
+    assert sorted(rows) == [
+        ("distributed", "dirichlet-0.5"),
+        ("distributed", "iid"),
+        ("pooled", "any"),
+    ]
+    for row in rows.values():
+        assert int(row[5]) == 3
+        assert 2.7 < float(row[7]) <= 3.0, row
+    # Skellam's rounding and discreteness cost a little: never less noise than the Gaussian.
+    pooled_sigma = float(rows[("pooled", "any")][6])
+    assert pooled_sigma < float(rows[("distributed", "iid")][6]) < 1.1 * pooled_sigma
 
 
 def test_server_step_is_fedavg_without_momentum_and_accumulates_with_it():
