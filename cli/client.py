@@ -52,6 +52,7 @@ SITE_FLAGS = (
     "require-dp",
     "min-noise-multiplier",
     "max-epsilon-per-round",
+    "min-client-noise-multiplier",
     "require-secagg",
     "allow-evaluation",
     "evaluation-noise-multiplier",
@@ -234,6 +235,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         metavar="E",
         help=SITE_KEYS["max-epsilon-per-round"][1],
+    )
+    site.add_argument(
+        "--min-client-noise-multiplier",
+        type=float,
+        metavar="SIGMA",
+        help=SITE_KEYS["min-client-noise-multiplier"][1],
     )
     site.add_argument(
         "--require-secagg",

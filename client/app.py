@@ -88,6 +88,7 @@ def secagg_handler(msg: Message, context: Context) -> Message:
         try:
             if stage in (m.MASKED_INPUT, m.STEP):
                 from client.local_round import (
+                    client_shares,
                     distributed_release,
                     masked_vector,
                     private_release,
@@ -104,8 +105,9 @@ def secagg_handler(msg: Message, context: Context) -> Message:
                     )
                     weight = 1
                 else:
+                    shares = client_shares(request, site, client.params.threshold)
                     release = private_release(msg, context, work, budget)
-                    vector, weight = masked_vector(msg, work, release)
+                    vector, weight = masked_vector(msg, work, release, shares)
                 reply = client.handle(protocol, vector, weight)
                 extra = {"metrics": MetricRecord(release.metrics), "privacy": release.privacy}
             else:

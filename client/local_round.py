@@ -26,7 +26,9 @@ from client.data import SiteData, SiteRound
 from client.request import SiteRequest, malformed
 from client.site import Site
 from client.training import TrainResult, train
+from privacy.distributed_noise import honest_shares
 from privacy.dp_ledger import Refused, Reservation
+from privacy.errors import FedVaultError
 from privacy.randomness import SecureRandom
 from tasks.registry import build_model
 from tasks.wire import flatten_update, update_length
@@ -169,28 +171,77 @@ def private_evaluation(
     return Release(privacy, metrics=metrics)
 
 
-def masked_vector(msg: Message, work: SiteRound, release: Release) -> tuple[np.ndarray, int]:
+@dataclass(frozen=True)
+class ClientShares:
+    """This round's client-level clip norm and this site's noise shares (std, per vector)."""
+
+    clip_norm: float
+    update_std: float = 0.0
+    count_std: float = 0.0
+
+
+def client_shares(request: SiteRequest, site: Site, threshold: int) -> ClientShares | None:
+    """The site's own sizing of its client-level noise, checked before anything is spent.
+
+    The server chooses C (the clip norm is public, and privacy rests on noise / C), but not
+    the noise: in distributed mode the site adds the run's sigma (raised by adaptive
+    clipping's count noise, as the accounting assumes) times C over the square root of the
+    honest shares every released sum holds, `threshold - dp-colluders` (the threshold it
+    checked at setup), and its share of the count noise. The server never sends a share.
+    """
+    s = request.settings
+    if not s.client_dp:
+        return None
+    clip_norm = request.float_setting("round-clip-norm")
+    if not (math.isfinite(clip_norm) and clip_norm > 0):
+        raise malformed(f"round-clip-norm must be > 0, got {clip_norm!r}")
+    if s.client_dp_noise_mode != "distributed":
+        return ClientShares(clip_norm)
+    from privacy.client_dp import (  # dp-accounting: slow to import
+        central_noise_std,
+        distributed_share_std,
+        update_noise_multiplier,
+    )
+
+    try:
+        honest = honest_shares(threshold, s.dp_colluders)
+    except FedVaultError as exc:
+        raise Refused("below-floor", f"{site.name}: {exc}", floor="tolerated-colluders") from None
+    if not s.client_dp_adaptive:
+        update = central_noise_std(s.client_dp_noise, clip_norm)
+        return ClientShares(clip_norm, distributed_share_std(update, honest))
+    sigma = update_noise_multiplier(s.client_dp_noise, s.client_dp_count_noise)
+    update = central_noise_std(sigma, clip_norm)
+    count = distributed_share_std(s.client_dp_count_noise, honest)
+    return ClientShares(clip_norm, distributed_share_std(update, honest), count)
+
+
+def masked_vector(
+    msg: Message, work: SiteRound, release: Release, shares: ClientShares | None
+) -> tuple[np.ndarray, int]:
     """The vector and weight this site puts into secure aggregation.
 
     Without client-level DP: its model delta, weighted by its number of examples if the
     site declared that number public, else by 1. With it: the delta clipped to this round's
-    C (before masking: the server never sees it), plus this site's share of the noise in
+    C (before masking: the server never sees it), plus this site's noise share in
     distributed mode, unweighted; under adaptive clipping one more coordinate says whether
-    the delta fitted in C, so only the count is revealed.
+    the delta fitted in C (plus its count-noise share), so only the noisy count is revealed.
     """
-    request = work.request
     vector = flatten_update(release.model.state_dict(), msg.content["arrays"].to_torch_state_dict())
-    if not request.settings.client_dp:
+    if shares is None:
         weight = len(work.data.y_train) if work.site.public_record_count else 1
         return vector, weight
     from privacy.client_dp import clip_update  # dp-accounting: slow to import
 
-    (vector,), _, was_clipped = clip_update([vector], request.float_setting("round-clip-norm"))
-    share_std = request.float_setting("round-noise-share-std")
-    if share_std > 0:
-        vector = vector + SecureRandom().normal(vector.shape, share_std)
-    if request.settings.client_dp_adaptive:
-        vector = np.append(vector, 0.0 if was_clipped else 1.0)
+    rng = SecureRandom()
+    (vector,), _, was_clipped = clip_update([vector], shares.clip_norm)
+    if shares.update_std > 0:
+        vector = vector + rng.normal(vector.shape, shares.update_std)
+    if work.request.settings.client_dp_adaptive:
+        fitted = 0.0 if was_clipped else 1.0
+        if shares.count_std > 0:
+            fitted += float(rng.normal(1, shares.count_std)[0])
+        vector = np.append(vector, fitted)
     return vector, 1
 
 

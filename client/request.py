@@ -18,7 +18,7 @@ from privacy.dp_ledger import Refused
 from privacy.errors import FedVaultError
 from tasks.settings import RunSettings
 
-ROUND_KEYS = ("server-round", "proximal-mu", "round-clip-norm", "round-noise-share-std")
+ROUND_KEYS = ("server-round", "proximal-mu", "round-clip-norm")
 PLAIN_TRAIN, SECURE_TRAIN, EVALUATE = "train", "secure-train", "evaluate"
 
 
@@ -102,11 +102,18 @@ def check_floor(site: Site, request: SiteRequest) -> None:
             "allow-distributed-dp",
             "the site adds full DP-SGD noise itself (allow-distributed-dp = false)",
         )
-    if s.distributed_dp and s.dp_colluders < floor.tolerated_colluders:
+    shares_noise = s.distributed_dp or (s.client_dp and s.client_dp_noise_mode == "distributed")
+    if shares_noise and s.dp_colluders < floor.tolerated_colluders:
         raise below(
             "tolerated-colluders",
             f"the run's noise shares assume at most {s.dp_colluders} colluding site(s); "
             f"this site requires {floor.tolerated_colluders}",
+        )
+    if s.client_dp and s.client_dp_noise < floor.min_client_noise_multiplier:
+        raise below(
+            "min-client-noise-multiplier",
+            f"client-level noise multiplier {s.client_dp_noise:g} is below the site's floor "
+            f"{floor.min_client_noise_multiplier:g}",
         )
     if s.dp and 0 < s.noise_multiplier < floor.min_noise_multiplier:
         raise below(

@@ -44,6 +44,10 @@ SITE_KEYS: dict[str, tuple[type, str]] = {
     "require-dp": (bool, "refuse training without DP-SGD (default true)"),
     "min-noise-multiplier": (float, "refuse a DP-SGD noise multiplier below this"),
     "max-epsilon-per-round": (float, "refuse a round that alone costs more epsilon"),
+    "min-client-noise-multiplier": (
+        float,
+        "client-level DP: refuse a run whose client-level noise multiplier is below this",
+    ),
     "require-secagg": (bool, "refuse plain train requests (default: true when deployed)"),
     "allow-evaluation": (bool, "answer evaluation requests, DP-noised and accounted"),
     "evaluation-noise-multiplier": (float, "noise multiplier of each evaluation release"),
@@ -82,6 +86,7 @@ class PrivacyFloor:
     evaluation_noise_multiplier: float = DEFAULT_EVALUATION_NOISE
     allow_distributed_dp: bool = True
     tolerated_colluders: int = 0
+    min_client_noise_multiplier: float = 0.0
 
     def to_record(self) -> dict[str, Any]:
         return {key.replace("_", "-"): value for key, value in asdict(self).items()}
@@ -212,6 +217,7 @@ def make_site(
         evaluation_noise_multiplier=get("evaluation-noise-multiplier", DEFAULT_EVALUATION_NOISE),
         allow_distributed_dp=get("allow-distributed-dp", True),
         tolerated_colluders=get("tolerated-colluders", 0),
+        min_client_noise_multiplier=get("min-client-noise-multiplier", 0.0),
     )
     return Site(
         name=name,

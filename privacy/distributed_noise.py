@@ -37,6 +37,18 @@ SHARE_STD = 2**15  # one share's noise std in integer units
 MIN_POISSON_MEAN = 10.0  # PTRS holds from here up
 
 
+def honest_shares(threshold: int, colluders: int) -> int:
+    """Shares from sites not colluding that every released sum holds: t - colluders, >= 1."""
+    if colluders < 0:
+        raise FedVaultError(f"colluders must be >= 0, got {colluders}")
+    if threshold - colluders < 1:
+        raise FedVaultError(
+            f"{colluders} tolerated colluders leave no honest share among the "
+            f"{threshold} contributors a released sum is guaranteed to hold"
+        )
+    return threshold - colluders
+
+
 @dataclass(frozen=True)
 class NoiseShares:
     """The noise one site adds to one distributed step, from settings every site agrees on."""
@@ -54,20 +66,14 @@ class NoiseShares:
             )
         if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
             raise FedVaultError(f"clip norm must be > 0, got {self.clip_norm!r}")
-        if self.colluders < 0:
-            raise FedVaultError(f"colluders must be >= 0, got {self.colluders}")
-        if self.threshold - self.colluders < 1:
-            raise FedVaultError(
-                f"{self.colluders} tolerated colluders leave no honest share among the "
-                f"{self.threshold} contributors a released sum is guaranteed to hold"
-            )
+        honest_shares(self.threshold, self.colluders)
         if self.dimension < 1:
             raise FedVaultError(f"dimension must be >= 1, got {self.dimension}")
 
     @property
     def honest(self) -> int:
         """Honest shares every released sum is guaranteed to hold."""
-        return self.threshold - self.colluders
+        return honest_shares(self.threshold, self.colluders)
 
     @property
     def scale(self) -> float:

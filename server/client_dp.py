@@ -4,10 +4,12 @@ Every site's model delta is clipped to L2 norm C: by the server when it sees upd
 clear, by the site itself before masking under secure aggregation (the server then only ever
 holds the sum). The server adds Gaussian noise of std sigma*C to the SUM, from a CSPRNG
 (`central`), or the sites add shares of it before masking (`distributed`: no single party
-holds the noise). The sum is divided by the EXPECTED number of sites, never by who replied,
-so a dropout reveals nothing. Each round is a `ClientDpEvent` in the run ledger; epsilon is
-derived from those events with dp-accounting, and the run stops before a round whose release
-would pass the run's maximum client-level epsilon.
+holds the noise; each site sizes its own share for the honest shares any released sum holds,
+client/local_round.py, so the server neither chooses nor learns it). The sum is divided by
+the EXPECTED number of sites, never by who replied, so a dropout reveals nothing. Each round
+is a `ClientDpEvent` in the run ledger; epsilon is derived from those events with
+dp-accounting, and the run stops before a round whose release would pass the run's maximum
+client-level epsilon.
 
 With adaptive clipping (Andrew et al. 2021) each site also reports whether its delta fitted
 in C; the noisy count steers C toward the target quantile, and the update noise is raised so
@@ -16,7 +18,6 @@ that update and count together cost what one Gaussian release with sigma costs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,6 @@ from privacy.client_dp import (
     central_noise_std,
     client_level_epsilon,
     clip_update,
-    distributed_share_std,
     sample_clients,
     would_exceed,
 )
@@ -124,24 +124,22 @@ class ClientLevelDp:
             self.events, plan.event, s.client_delta, s.client_max_epsilon, s.client_accountant
         )
 
-    def noise_share_std(self, plan: RoundPlan) -> float:
-        """Std of each site's noise share in distributed mode (0 in central mode)."""
-        if self.settings.client_dp_noise_mode != "distributed":
-            return 0.0
-        total = central_noise_std(self.update_noise_multiplier, plan.clip_norm)
-        return distributed_share_std(total, max(1, math.floor(plan.expected_sites)))
-
     def release(
         self, plan: RoundPlan, clipped_sum: np.ndarray, fitted_count: float, reporting: int
     ) -> np.ndarray:
-        """The round's noisy mean update; records the event and adapts C."""
+        """The round's noisy mean update; records the event and adapts C.
+
+        In distributed mode the sum and the count arrive noised by the sites' own shares
+        (client/local_round.py), sized for the honest shares any released sum holds.
+        """
         noisy = clipped_sum
-        if self.settings.client_dp_noise_mode == "central":
+        central = self.settings.client_dp_noise_mode == "central"
+        if central:
             std = central_noise_std(self.update_noise_multiplier, plan.clip_norm)
             noisy = clipped_sum + self.gaussian.normal(clipped_sum.shape, std)
         self.events.append(plan.event)
         if self.clipper is not None:
-            self.clipper.update(fitted_count, reporting, plan.expected_sites)
+            self.clipper.update(fitted_count, reporting, plan.expected_sites, add_noise=central)
         return noisy / plan.expected_sites
 
 

@@ -175,7 +175,6 @@ def _rounds(
                 _stop_for_client_budget(ledger, client_dp, server_round)
                 break
             train_config["round-clip-norm"] = plan.clip_norm
-            train_config["round-noise-share-std"] = client_dp.noise_share_std(plan)
         node_ids = plan.node_ids if plan else [msg.metadata.dst_node_id for msg in messages]
 
         on_stage = functools.partial(_report_stage, progress, server_round)

@@ -23,6 +23,7 @@ from flwr.app.metadata import Metadata
 
 from client.app import app as site_app
 from client.site import site_settings
+from privacy.secagg import SecAggServer
 from simulations.identities import give_identities
 from tasks.registry import build_model
 from tasks.settings import RunSettings
@@ -154,16 +155,18 @@ def secure_round(
     arrays: ArrayRecord,
     session: str = "s/1",
     replay: str | None = None,
-) -> tuple[list[Message], list[Message]]:
-    """Drive the four SecAgg+ stages at `sites`; return the masked-input replies and, if
-    `replay` names a stage, the replies to that stage's requests sent a second time."""
-    from privacy.secagg import SecAggAbort, SecAggConfig, SecAggServer
+    extra_coordinates: int = 0,
+) -> tuple[list[Message], list[Message], SecAggServer]:
+    """Drive the four SecAgg+ stages at `sites`; return the masked-input replies, the replies
+    to a stage's requests sent a second time (if `replay` names one), and the server.
+    `extra_coordinates` follow the model delta in the vector (adaptive clipping's count)."""
+    from privacy.secagg import SecAggAbort, SecAggConfig
     from privacy.secagg import messages as m
     from tasks.wire import protocol_message, protocol_records, update_length
 
     give_identities({f"site-{site.index}": site.state_dir for site in sites})
     by_id = {site.node_id: site for site in sites}
-    length = update_length(arrays.to_torch_state_dict())
+    length = update_length(arrays.to_torch_state_dict()) + extra_coordinates
     server = SecAggServer(SecAggConfig(), session, sorted(by_id), length)
     masked, replayed = [], []
     while not server.done:
@@ -189,4 +192,4 @@ def secure_round(
             server.receive([protocol_message(r.content) for r in replies if "secagg" in r.content])
         except SecAggAbort:
             break
-    return masked, replayed
+    return masked, replayed, server

@@ -121,22 +121,30 @@ def test_run_stops_before_the_release_that_would_pass_the_max(tmp_path):
 
 
 def test_adaptive_clipping_records_its_budget_share_and_moves_c(tmp_path):
+    """Distributed noise: the sites noise the update and the count; the server adds none."""
     out = run(
         tmp_path,
         "adaptive",
         **{
             "num-rounds": 3,
             "secagg": True,
+            "client-dp-noise-mode": "distributed",
             "client-dp-adaptive": True,
             "client-dp-clip": 0.01,
             "client-dp-noise": 1.0,
-            # sigma_b = 1 over 4 sites: the noisy unclipped fraction has std 0.25, so three
-            # rounds of "none fit" move C down only with probability about 3e-4.
-            "client-dp-count-noise": 1.0,
+            # sigma_b = 0.8 in shares over 3 of 4 sites (threshold 3): the count carries std
+            # 0.8 sqrt(4/3), the unclipped fraction 0.23, so three rounds of "none fit" move
+            # C down only with probability about 1e-4.
+            "client-dp-count-noise": 0.8,
         },
     )
     rows = ledger_rows(out, "client_dp_round")
-    assert all(r["quantile-budget-share"] == pytest.approx(1 / 4) for r in rows)
-    assert all(r["fitted-sites"] <= r["reporting-sites"] + 10 for r in rows)
+    assert len(rows) == 3 and all(r["noise-mode"] == "distributed" for r in rows)
+    assert all(r["quantile-budget-share"] == pytest.approx(1 / 2.56) for r in rows)
+    # No delta fits in C = 0.01: the count is 0 plus the sites' noise, never a whole number.
+    assert all(r["fitted-sites"] != round(r["fitted-sites"]) for r in rows)
     clip_norms = [r["event"]["clip_norm"] for r in rows] + [rows[-1]["next-clip-norm"]]
     assert clip_norms[-1] > clip_norms[0]  # deltas far above 0.01: C grows toward the median
+    statements = json.loads((out / "report.json").read_text())["summary"]["statements"]
+    (claim,) = [s for s in statements if "at client level" in s]
+    assert "against a server colluding with up to 0 site(s)" in claim

@@ -335,26 +335,25 @@ def test_a_modified_build_is_refused_at_every_site_and_never_runs(federation, ro
 
 @pytest.mark.timeout(720)
 def test_three_sites_dp_secure_aggregation_and_a_site_killed_mid_run(federation, root, tmp_path):
-    """3 rounds with TLS, node auth, DP-SGD and SecAgg+; site-c is killed after round 2."""
+    """2 rounds with TLS, node auth, DP-SGD and SecAgg+; site-c is killed after round 1."""
     server, sites = federation["server"], federation["sites"]
     out = tmp_path / "run"
     scenario = write_scenario(
         tmp_path / "scenario.toml", out, root,
-        **{"num-rounds": 3, "min-sites": 2, "secagg-timeout": 45.0, "round-timeout": 60.0},
+        **{"num-rounds": 2, "min-sites": 2, "secagg-timeout": 45.0, "round-timeout": 60.0},
     )  # fmt: skip
     run = submit(scenario, server)
-    wait_for_round(out, 2, run)
+    wait_for_round(out, 1, run)
     kill_outright(sites["site-c"])
     assert finish(run) == 0, run.output[-4000:]
     run_id = run_id_of(run)
     assert f"run {run_id} finished:completed" in run.output
 
     status = json.loads((out / "status.json").read_text())
-    assert (status["status"], status["run_id"], status["rounds"]) == ("completed", run_id, 3)
+    assert (status["status"], status["run_id"], status["rounds"]) == ("completed", run_id, 2)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [m["round"] for m in metrics] == [0, 1, 2, 3]
+    assert [m["round"] for m in metrics] == [0, 1, 2]
     assert [(m["sites-trained"], m["secagg-aborted"]) for m in metrics[1:]] == [
-        (3, 0),
         (3, 0),
         (2, 0),
     ]
@@ -364,19 +363,17 @@ def test_three_sites_dp_secure_aggregation_and_a_site_killed_mid_run(federation,
 
     ledger = out / "run-ledger.sqlite"
     secure = {p["round"]: p for p in ledger_rows(ledger, "secagg_round")}
-    for done in (1, 2):
-        assert (secure[done]["sampled"], secure[done]["contributors"]) == (3, 3)
-        assert secure[done]["dropped"] == {}
-    assert (secure[3]["sampled"], secure[3]["contributors"], secure[3]["aborted"]) == (3, 2, "")
-    assert list(secure[3]["dropped"]) == [node_ids(server)["site-c"]]
+    assert (secure[1]["sampled"], secure[1]["contributors"], secure[1]["dropped"]) == (3, 3, {})
+    assert (secure[2]["sampled"], secure[2]["contributors"], secure[2]["aborted"]) == (3, 2, "")
+    assert list(secure[2]["dropped"]) == [node_ids(server)["site-c"]]
     site_rounds = Counter((p["site"], p["round"]) for p in ledger_rows(ledger, "site_round"))
-    expected = {(s, r): 1 for s in ("site-a", "site-b", "site-c") for r in (1, 2)}
-    expected.update({("site-a", 3): 1, ("site-b", 3): 1})
+    expected = {(s, 1): 1 for s in ("site-a", "site-b", "site-c")}
+    expected.update({("site-a", 2): 1, ("site-b", 2): 1})
     assert site_rounds == Counter(expected)
-    assert [p["round"] for p in ledger_rows(ledger, "round_complete")] == [1, 2, 3]
+    assert [p["round"] for p in ledger_rows(ledger, "round_complete")] == [1, 2]
     for name in ("site-a", "site-b"):
-        assert site_dp_rounds(root / "sites" / name, run_id) == [1, 2, 3], name
-    assert site_dp_rounds(root / "sites" / "site-c", run_id) == [1, 2]
+        assert site_dp_rounds(root / "sites" / name, run_id) == [1, 2], name
+    assert site_dp_rounds(root / "sites" / "site-c", run_id) == [1]
     for name in ("site-a", "site-b", "site-c"):  # created by ClientApps, under the passphrase
         assert is_encrypted(root / "sites" / name / "split.key"), name
 
@@ -398,7 +395,7 @@ def test_server_killed_and_restarted_resumes_the_run(root, tmp_path):
     out = tmp_path / "run"
     scenario = write_scenario(
         tmp_path / "scenario.toml", out, root,
-        **{"num-rounds": 3, "min-sites": 2, "secagg": False, "round-timeout": 90.0},
+        **{"num-rounds": 2, "min-sites": 2, "secagg": False, "round-timeout": 90.0},
     )  # fmt: skip
     try:
         run = submit(scenario, server)
@@ -420,25 +417,25 @@ def test_server_killed_and_restarted_resumes_the_run(root, tmp_path):
             assert server.process.stop() == 0
 
     status = json.loads((out / "status.json").read_text())
-    assert (status["status"], status["run_id"], status["rounds"]) == ("completed", run_id, 3)
-    assert [m["round"] for m in json.loads((out / "metrics.json").read_text())] == [0, 1, 2, 3]
+    assert (status["status"], status["run_id"], status["rounds"]) == ("completed", run_id, 2)
+    assert [m["round"] for m in json.loads((out / "metrics.json").read_text())] == [0, 1, 2]
     assert (out / "model.safetensors").is_file()
     ledger = out / "run-ledger.sqlite"
-    assert [p["round"] for p in ledger_rows(ledger, "round_complete")] == [1, 2, 3]
+    assert [p["round"] for p in ledger_rows(ledger, "round_complete")] == [1, 2]
     assert ledger_rows(ledger, "resume") == [{"run-id": run_id, "from-round": checkpointed}]
     kinds = ledger_kinds(ledger)
     before_resume = kinds[: kinds.index("resume")]
     assert before_resume.count("round_complete") == checkpointed
     site_rounds = Counter((p["site"], p["round"]) for p in ledger_rows(ledger, "site_round"))
-    assert site_rounds == Counter({(s, r): 1 for s in names for r in (1, 2, 3)})
-    last = {p["site"]: p for p in ledger_rows(ledger, "site_round") if p["round"] == 3}
+    assert site_rounds == Counter({(s, r): 1 for s in names for r in (1, 2)})
+    last = {p["site"]: p for p in ledger_rows(ledger, "site_round") if p["round"] == 2}
     for name in names:
         before = site_dp_rounds(tmp_path / name, run_id)
         after = site_dp_rounds(tmp_path / name, new_run_id)
         # A site that trained in the round the crash interrupted has spent that budget: it
         # stays counted, and the resumed run trains that round again.
         assert before in (list(range(1, checkpointed + 1)), list(range(1, checkpointed + 2)))
-        assert after == list(range(checkpointed + 1, 4))
+        assert after == list(range(checkpointed + 1, 3))
         # The site reports its history merged (equal events folded) and how many releases.
         assert last[name]["releases"] == len(before) + len(after), "budget lost or doubled"
     check_report(out, root)

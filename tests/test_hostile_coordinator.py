@@ -213,7 +213,7 @@ def test_replayed_and_out_of_order_secure_aggregation_requests_spend_nothing(tmp
         s.configure(max_epsilon=20.0)
     config = run_config(tmp_path / "sites", secagg=True)
     arrays = initial_arrays(config)
-    masked, replayed = secure_round(sites, config, 5, arrays, replay="masked-input")
+    masked, replayed, _ = secure_round(sites, config, 5, arrays, replay="masked-input")
     assert all(refusal(r) is None for r in masked)
     assert len(replayed) == 3
     for reply in replayed:
@@ -224,7 +224,7 @@ def test_replayed_and_out_of_order_secure_aggregation_requests_spend_nothing(tmp
         assert s.ledger_rows("refusal")[-1]["reason"] == "protocol-violation"
     # A fresh session for the same round (a second try at the same gradients) is refused
     # before training: the round was already answered.
-    masked, _ = secure_round(sites, config, 5, arrays, session="s/1-again")
+    masked, _, _ = secure_round(sites, config, 5, arrays, session="s/1-again")
     assert all(refusal(r)["reason"] == "replayed-request" for r in masked)
     assert all(len(spent(s)) == 1 for s in sites)
 
@@ -309,3 +309,73 @@ def test_two_concurrent_runs_on_one_site_never_pass_its_limit(tmp_path):
         (refused,) = site.ledger_rows("refusal")
         assert refused["reason"] == "budget-exhausted"
         assert {refused["run_id"], this_run[0]["run_id"]} == {"101", "202"}
+
+
+CLIENT_DP = {
+    "secagg": True,
+    "client-dp": True,
+    "client-dp-noise-mode": "distributed",
+    "client-dp-noise": 1.0,
+    "client-dp-clip": 0.5,
+}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"dp-colluders": 1}, {"client-dp-adaptive": True, "client-dp-count-noise": 1.0}],
+    ids=["honest-threshold", "one-colluder", "adaptive"],
+)
+def test_client_level_noise_shares_are_sized_by_the_sites_not_the_server(tmp_path, overrides):
+    """The server only learns the secure sum; its noise is what the sites decide it is.
+
+    Three sites, threshold t = 2: each adds std z C / sqrt(t - colluders), so the released
+    sum carries z C sqrt(3 / (t - colluders)): never less than z C, whatever the server
+    asks, and more when the run assumes colluders. (Sized for the 3 expected sites instead,
+    the sum would carry exactly z C: 18 % less than here.) The deltas, clipped to C over
+    3,370 coordinates, add well under 1 % to the variance.
+    """
+    from privacy.client_dp import update_noise_multiplier
+
+    sites = [Site(tmp_path / "sites", index=i, of=3, node_id=31 + i) for i in range(3)]
+    for s in sites:
+        s.configure(max_epsilon=20.0)
+    settings = {**CLIENT_DP, **overrides}
+    config = run_config(tmp_path / "sites", **settings)
+    arrays = initial_arrays(config)
+    config["round-clip-norm"] = 0.5  # the server's C: the noise scales with it
+    adaptive = "client-dp-adaptive" in overrides
+    masked, _, server = secure_round(sites, config, 7, arrays, extra_coordinates=int(adaptive))
+    assert all(refusal(r) is None for r in masked)
+    result = server.result()
+    assert len(result.contributors) == 3 and server.params.threshold == 2
+    assert result.out_of_range == 0
+    z = settings["client-dp-noise"]
+    if adaptive:
+        z = update_noise_multiplier(z, settings["client-dp-count-noise"])
+    honest = 2 - overrides.get("dp-colluders", 0)
+    expected = z * 0.5 * np.sqrt(3 / honest)
+    length = len(flat_weights(arrays))
+    released = result.weighted_sum[:length]
+    assert length > 2000 and np.std(released) == pytest.approx(expected, rel=0.06)
+    if adaptive:
+        # The clipped count carries the sites' count-noise shares (std sqrt(3/2) in all):
+        # the server sees a noisy count, never the exact number of sites whose update fitted.
+        (count,) = result.weighted_sum[length:]
+        assert count != round(count) and -8 < count < 11
+
+
+def test_client_level_floors_are_the_sites(tmp_path):
+    site = Site(tmp_path / "sites")
+    site.configure(max_epsilon=8.0, min_client_noise_multiplier=1.0, tolerated_colluders=1)
+    weak = run_config(site.root, **{**CLIENT_DP, "client-dp-noise": 0.5, "dp-colluders": 1})
+    record = refusal(train_request(site, weak))
+    assert (record["reason"], record["floor"]) == ("below-floor", "min-client-noise-multiplier")
+    trusting = run_config(site.root, **{**CLIENT_DP, "client-dp-noise": 2.0})
+    record = refusal(train_request(site, trusting, run_id=2))
+    assert (record["reason"], record["floor"]) == ("below-floor", "tolerated-colluders")
+    # A share std from the server is not a setting the site takes: the request is malformed.
+    honest = run_config(site.root, **{**CLIENT_DP, "dp-colluders": 1})
+    told = {**honest, "round-noise-share-std": 0.0}
+    reply = train_request(site, told, run_id=3, arrays=initial_arrays(honest))
+    assert refusal(reply)["reason"] == "malformed-request"
+    assert spent(site) == []

@@ -178,6 +178,9 @@ def test_refusals_and_client_dp_and_anonymization(tmp_path):
         "max-epsilon": 20.0,
         "noise-mode": "central",
     }
+    (claim,) = [s for s in r["summary"]["statements"] if "at client level" in s]
+    assert claim.startswith("In this run, each site as a whole is protected by")
+    assert "holds only if the server did" in claim and "this run's rounds only" in claim
     assert [a["site"] for a in r["anonymization"]] == ["site-0", "site-1"]
     assert r["anonymization"][0]["achieved"]["k"] == 5
     assert any("k = 5" in s for s in r["summary"]["statements"])

@@ -116,11 +116,11 @@ def test_epsilon_accumulates_across_runs_like_one_longer_run(tmp_path):
     shared_sites = tmp_path / "sites"
     for name in ("first", "second"):
         simulate(
-            Scenario(name, run={**DP, "num-rounds": 2}, num_sites=2, sites=seeded),
+            Scenario(name, run={**DP, "num-rounds": 1}, num_sites=2, sites=seeded),
             tmp_path / name,
             sites_root=shared_sites,
         )
-    long = Scenario("long", run={**DP, "num-rounds": 4}, num_sites=2, sites=seeded)
+    long = Scenario("long", run={**DP, "num-rounds": 2}, num_sites=2, sites=seeded)
     simulate(long, tmp_path / "long")
     two_runs = site_epsilons(tmp_path / "second")
     one_run = site_epsilons(tmp_path / "long")
@@ -163,7 +163,7 @@ def assert_report_epsilons_match_site_ledgers(run_dir, sites_root) -> None:
             expected = accountant.get_epsilon(site["delta"])
             assert entry["epsilon_cumulative_rdp"] == pytest.approx(expected, rel=1e-3)
             checked += 1
-    assert checked == 4  # 2 sites x 2 rounds of this run, on top of the first run's events
+    assert checked == 2  # 2 sites x 1 round of this run, on top of the first run's events
 
 
 def test_site_with_small_budget_declines_and_the_run_finishes(tmp_path):

@@ -411,16 +411,40 @@ def _audit_statement(audit: dict[str, Any]) -> str:
     )
 
 
+def _client_statement(client: dict[str, Any], eps: float | None, inputs: RunInputs) -> str:
+    """What the client-level epsilon covers, and whom it holds against."""
+    last = client["rounds"][-1]
+    if last["details"].get("noise-mode") == "distributed":
+        colluders = int(inputs.config.get("dp-colluders", 0))
+        trust = (
+            "the sites added the noise as shares inside secure aggregation, each share sized "
+            "by the site for the honest contributions any released sum holds, so it holds "
+            f"against a server colluding with up to {colluders} site(s)"
+        )
+    else:
+        trust = "the server added the noise, so it holds only if the server did"
+    sampled = any(r["sampling"] in ("poisson", "fixed") for r in client["rounds"])
+    return (
+        f"In this run, each site as a whole is protected by ({_fmt(eps)}, "
+        f"{rows.delta(client['delta'])})-DP at client level "
+        f"({client['accountant']['name'].upper()} accountant): {trust}. "
+        + (
+            "The amplification by sampling assumes the server sampled the sites as it "
+            "recorded: the server chose them. "
+            if sampled
+            else ""
+        )
+        + "The bound covers this run's rounds only; other runs on the same sites add to it."
+    )
+
+
 def _summary(report: dict[str, Any], inputs: RunInputs) -> dict[str, Any]:
     statements = _dp_statements(report)
     client = report["client_level_dp"]
     if client["enabled"] and client["rounds"]:
         last = client["rounds"][-1]
         eps = last["epsilon"] if last["epsilon"] is not None else last["claimed_epsilon"]
-        statements.append(
-            f"Each site as a whole is protected by ({_fmt(eps)}, {rows.delta(client['delta'])})-DP "
-            f"at client level ({client['accountant']['name'].upper()} accountant)."
-        )
+        statements.append(_client_statement(client, eps, inputs))
     secagg = report["secure_aggregation"]
     if secagg["enabled"]:
         totals = secagg["totals"]
