@@ -1,10 +1,11 @@
 """A checkpoint after every completed round, so a restarted server resumes where it stopped.
 
 Flower has no run resume: a run in flight when the SuperLink restarts ends as failed. The
-server therefore writes the global model, the strategy's own state (FedAdam's moments) and
-the per-round metrics after each round; `resume-run-id` continues that run directory from
-the last completed round. Tensors go to safetensors (no pickle), the rest to JSON, and the
-JSON, written last, carries the tensors' hash, so a torn checkpoint is detected, not loaded.
+server therefore writes the global model, the optimizer's state (FedAdam's moments, or the
+server momentum of distributed DP-SGD) and the per-round metrics after each round;
+`resume-run-id` continues that run directory from the last completed round. Tensors go to
+safetensors (no pickle), the rest to JSON, and the JSON, written last, carries the tensors'
+hash, so a torn checkpoint is detected, not loaded.
 Privacy state needs no copy here: it is in the append-only ledgers, which are never rolled
 back, so nothing spent in an interrupted round is forgotten.
 """
@@ -22,9 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from privacy.atomic import atomic_path, atomic_write_text
 from privacy.errors import FedVaultError
+from server.distributed_sgd import DistributedSgd
 
 CHECKPOINT_DIR = "checkpoint"
-STRATEGY_STATE = ("m_t", "v_t")
+STRATEGY_STATE = ("m_t", "v_t")  # a Flower strategy's arrays (FedOpt moments)
+SGD_STATE = "velocity"  # distributed DP-SGD's server momentum (`DistributedSgd.velocity`)
 
 
 @dataclass
@@ -38,18 +41,28 @@ class Checkpoint:
     strategy: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def strategy_state(strategy: object) -> dict[str, dict[str, np.ndarray]]:
-    """The strategy's arrays that evolve across rounds (FedAdam/FedOpt moments), if any."""
-    return {
+def strategy_state(
+    strategy: object, sgd: DistributedSgd | None = None
+) -> dict[str, dict[str, np.ndarray]]:
+    """The optimizer arrays that evolve across rounds: FedOpt moments, or `sgd`'s momentum."""
+    state = {
         name: dict(getattr(strategy, name))
         for name in STRATEGY_STATE
         if getattr(strategy, name, None)
     }
+    if sgd is not None and sgd.velocity is not None:
+        state[SGD_STATE] = {"flat": sgd.velocity}
+    return state
 
 
-def restore_strategy(strategy: object, state: dict[str, dict[str, np.ndarray]]) -> None:
-    for name, arrays in state.items():
-        setattr(strategy, name, arrays)
+def restore_strategy(
+    strategy: object, state: dict[str, dict[str, np.ndarray]], sgd: DistributedSgd | None = None
+) -> None:
+    for name in STRATEGY_STATE:
+        if name in state:
+            setattr(strategy, name, state[name])
+    if sgd is not None and SGD_STATE in state:
+        sgd.velocity = state[SGD_STATE]["flat"]
 
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
@@ -92,6 +105,6 @@ def load_checkpoint(run_dir: Path, run_id: str) -> Checkpoint:
     strategy: dict[str, dict[str, np.ndarray]] = {}
     for key, value in tensors.items():
         name, _, array_key = key.partition("/")
-        if name in STRATEGY_STATE:
+        if name in (*STRATEGY_STATE, SGD_STATE):
             strategy.setdefault(name, {})[array_key] = value.numpy()
     return Checkpoint(str(state["run-id"]), int(state["round"]), model, state["metrics"], strategy)

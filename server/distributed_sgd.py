@@ -4,8 +4,9 @@ Secure aggregation hands the server the integer sum of the sites' rounded, clipp
 sums and their noise shares; nothing per site. The server divides by the expected total
 batch (contributors x batch-size: fixed by the run, never the realised batch, which it does
 not learn and which would depend on the records), and takes an SGD step with momentum.
-Momentum on the released sums is post-processing, so it costs no privacy. The velocity
-lives in this process: a resumed run starts it again from zero.
+Momentum on the released sums is post-processing, so it costs no privacy. The velocity is
+checkpointed with the model after every step (server/checkpoint.py), so a resumed run
+continues with it.
 """
 
 from __future__ import annotations

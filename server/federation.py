@@ -154,7 +154,7 @@ def _rounds(
         first_round = 1
     else:
         model.load_state_dict(resume.model)
-        restore_strategy(strategy, resume.strategy)
+        restore_strategy(strategy, resume.strategy, stepper and stepper[0])
         rundir.rounds = list(resume.metrics)
         metrics = rundir.rounds[-1]
         first_round = resume.round + 1
@@ -230,7 +230,11 @@ def _rounds(
         save_checkpoint(
             rundir.path,
             Checkpoint(
-                run_id, server_round, model.state_dict(), rundir.rounds, strategy_state(strategy)
+                run_id,
+                server_round,
+                model.state_dict(),
+                rundir.rounds,
+                strategy_state(strategy, stepper and stepper[0]),
             ),
         )
         ledger.append("round_complete", {"round": server_round, "test-accuracy": accuracy})
