@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.sgd_rows import SgdHyper, SgdRow, tuned
+from benchmarks.sgd_rows import SgdHyper, SgdRow, Split, tuned
 from client.data import VALIDATION_FRACTION
 from client.dp_plan import DpSgd, poisson_plan
 from client.training import train
@@ -182,46 +182,58 @@ def run_federation(
     return Row(partition, target, accuracy, eps_prv, eps_rdp, max(sigmas), seconds)
 
 
+FEDAVG_HEADER = "partition,target epsilon,test accuracy,epsilon PRV,epsilon RDP,sigma,seconds"
+SGD_HEADER = (
+    "method,partition,target epsilon,test accuracy,validation accuracy,steps,sigma,epsilon,s/step"
+)
+
+
 def markdown(rows: list[Row], rounds: int, num_sites: int) -> str:
-    """The table as docs/benchmarks.md shows it."""
-    lines = [
-        f"mnist1d, {num_sites} sites, {rounds} rounds, delta {DELTA:g}, per-site epsilon over "
-        f"the whole run (add/remove adjacency, Poisson sampling); torch "
-        f"{torch.__version__}, {torch.get_num_threads()} thread(s)",
-        "",
-        "| partition | target epsilon | test accuracy | epsilon PRV | epsilon RDP | sigma "
-        "| seconds |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """The FedAvg (local noise) rows."""
+    body = []
     for row in rows:
-        private = row.target is not None
-        lines.append(
-            f"| {row.partition} | {row.target:g} | {row.accuracy:.1%} | {row.epsilon_prv:.2f} "
-            f"| {row.epsilon_rdp:.2f} | {row.sigma:.3f} | {row.seconds:.0f} |"
-            if private
-            else f"| {row.partition} | non-private | {row.accuracy:.1%} | - | - | - "
-            f"| {row.seconds:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+        if row.target is None:
+            cells = [row.partition, "non-private", f"{row.accuracy:.1%}", "-", "-", "-"]
+        else:
+            cells = [row.partition, f"{row.target:g}", f"{row.accuracy:.1%}"]
+            cells += [f"{row.epsilon_prv:.2f}", f"{row.epsilon_rdp:.2f}", f"{row.sigma:.3f}"]
+        body.append([*cells, f"{row.seconds:.0f}"])
+    caption = (
+        f"mnist1d, {num_sites} sites, {rounds} rounds, delta {DELTA:g}, per-site epsilon over "
+        "the whole run (add/remove adjacency, Poisson sampling)"
+    )
+    return table(caption, FEDAVG_HEADER, body)
 
 
 def sgd_markdown(rows: list[SgdRow], num_sites: int, tried: int) -> str:
     """Distributed against pooled DP-SGD, each at the candidate its validation rows chose."""
-    lines = [
-        f"mnist1d, {num_sites} sites, delta {DELTA:g}, RDP; each row the best of {tried} "
-        f"candidate(s) on the sites' validation rows; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s)",
-        "",
-        "| method | partition | target epsilon | test accuracy | validation accuracy | steps "
-        "| sigma | epsilon | s/step |",
-        "|---|---|---|---|---|---|---|---|---|",
+    body = [
+        [
+            row.method,
+            row.partition,
+            f"{row.target:g}",
+            f"{row.accuracy:.1%}",
+            f"{row.validation_accuracy:.1%}",
+            str(row.hyper.steps),
+            f"{row.sigma:.3f}",
+            f"{row.epsilon:.2f}",
+            f"{row.seconds_per_step:.2f}",
+        ]
+        for row in rows
     ]
-    for row in rows:
-        lines.append(
-            f"| {row.method} | {row.partition} | {row.target:g} | {row.accuracy:.1%} "
-            f"| {row.validation_accuracy:.1%} | {row.hyper.steps} | {row.sigma:.3f} "
-            f"| {row.epsilon:.2f} | {row.seconds_per_step:.2f} |"
-        )
+    caption = (
+        f"mnist1d, {num_sites} sites, delta {DELTA:g}, RDP; each row the best of {tried} "
+        "candidate(s) on the sites' validation rows"
+    )
+    return table(caption, SGD_HEADER, body)
+
+
+def table(caption: str, header: str, body: list[list[str]]) -> str:
+    """A markdown table (`header`: comma-separated) under its caption and the torch build."""
+    names = header.split(",")
+    lines = [f"{caption}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)", ""]
+    lines += [f"| {' | '.join(names)} |", "|" + "---|" * len(names)]
+    lines += [f"| {' | '.join(cells)} |" for cells in body]
     return "\n".join(lines) + "\n"
 
 
@@ -298,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         if partition != "iid" and not partition.startswith("dirichlet-"):
             parser.error(f"unknown partition {partition!r}: use iid or dirichlet-ALPHA")
         sites, validation = site_rows(data, partition, args.sites, args.seed)
+        split = Split(data, sites, validation, partition, args.seed)
         for method in ("distributed", "pooled"):
             # The pooled union holds the same records whatever the partition: one row.
             if method not in args.methods or (
@@ -305,9 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 continue
             for target in args.epsilons:
-                best, _ = tuned(
-                    method, data, sites, target, candidates, validation, args.seed, partition
-                )
+                best, _ = tuned(method, split, target, candidates)
                 sgd.append(best if method == "distributed" else replace(best, partition="any"))
         if "fedavg" not in args.methods:
             continue

@@ -50,6 +50,18 @@ class SgdHyper:
 
 
 @dataclass(frozen=True)
+class Split:
+    """The records one comparison trains on: each site's training rows, the union of their
+    validation rows (where a candidate is chosen), the partition's name and the seed."""
+
+    data: Dataset
+    sites: list[np.ndarray]
+    validation: np.ndarray
+    partition: str
+    seed: int
+
+
+@dataclass(frozen=True)
 class SgdRow:
     method: str
     partition: str
@@ -79,16 +91,9 @@ def _distributed_sigma(target: float, q: float, hyper: SgdHyper, sites: int, dim
     return high
 
 
-def run_distributed(
-    data: Dataset,
-    sites: list[np.ndarray],
-    target: float,
-    hyper: SgdHyper,
-    validation: np.ndarray,
-    seed: int,
-    partition: str,
-) -> SgdRow:
+def run_distributed(split: Split, target: float, hyper: SgdHyper) -> SgdRow:
     """Distributed DP-SGD as the federation computes it, sites and server in one process."""
+    data, sites, seed = split.data, split.sites, split.seed
     torch.manual_seed(seed)
     model = CNN1D(private=True)
     dim = update_length(model.state_dict())
@@ -125,21 +130,12 @@ def run_distributed(
         compute_epsilon([replace(shares.event(q), steps=hyper.steps)], DELTA, ACCOUNTANT)
         for q in rates
     )
-    return _scored(
-        "distributed", partition, target, hyper, sigma, epsilon, model, data, validation, seconds
-    )
+    return _scored("distributed", split, target, hyper, sigma, epsilon, model, seconds)
 
 
-def run_pooled(
-    data: Dataset,
-    sites: list[np.ndarray],
-    target: float,
-    hyper: SgdHyper,
-    validation: np.ndarray,
-    seed: int,
-    partition: str,
-) -> SgdRow:
+def run_pooled(split: Split, target: float, hyper: SgdHyper) -> SgdRow:
     """Central DP-SGD on the union of the sites' training rows (no federation)."""
+    data, sites, seed = split.data, split.sites, split.seed
     torch.manual_seed(seed)
     model = CNN1D(private=True)
     rows = np.concatenate(sites)
@@ -162,9 +158,7 @@ def run_pooled(
         noise_multiplier=sigma, sample_rate=q, steps=hyper.steps, clip_norm=hyper.clip_norm
     )
     epsilon = compute_epsilon([event], DELTA, ACCOUNTANT)
-    return _scored(
-        "pooled", partition, target, hyper, sigma, epsilon, model, data, validation, seconds
-    )
+    return _scored("pooled", split, target, hyper, sigma, epsilon, model, seconds)
 
 
 def _set_gradients(model: torch.nn.Module, flat: np.ndarray) -> None:
@@ -182,40 +176,35 @@ def _set_gradients(model: torch.nn.Module, flat: np.ndarray) -> None:
 
 def _scored(
     method: str,
-    partition: str,
+    split: Split,
     target: float,
     hyper: SgdHyper,
     sigma: float,
     epsilon: float,
     model: torch.nn.Module,
-    data: Dataset,
-    validation: np.ndarray,
     seconds: float,
 ) -> SgdRow:
+    data, validation = split.data, split.validation
     _, val_accuracy = evaluate(model, data.x_train[validation], data.y_train[validation])
     _, accuracy = evaluate(model, data.x_test, data.y_test)
-    return SgdRow(method, partition, target, hyper, sigma, epsilon, val_accuracy, accuracy, seconds)
+    return SgdRow(
+        method, split.partition, target, hyper, sigma, epsilon, val_accuracy, accuracy, seconds
+    )
 
 
 RUNNERS = {"distributed": run_distributed, "pooled": run_pooled}
 
 
 def tuned(
-    method: str,
-    data: Dataset,
-    sites: list[np.ndarray],
-    target: float,
-    candidates: list[SgdHyper],
-    validation: np.ndarray,
-    seed: int,
-    partition: str,
+    method: str, split: Split, target: float, candidates: list[SgdHyper]
 ) -> tuple[SgdRow, list[SgdRow]]:
     """Every candidate trained; the one with the best validation accuracy, and all of them."""
     tried = []
     for hyper in candidates:
-        row = RUNNERS[method](data, sites, target, hyper, validation, seed, partition)
+        row = RUNNERS[method](split, target, hyper)
         print(
-            f"  {method} {partition} eps={target:g} steps={hyper.steps} lr={hyper.learning_rate:g}"
+            f"  {method} {split.partition} eps={target:g} steps={hyper.steps} "
+            f"lr={hyper.learning_rate:g}"
             f": val {row.validation_accuracy:.4f} test {row.accuracy:.4f} sigma {row.sigma:.3f}"
             f" eps {row.epsilon:.3f} {row.seconds_per_step:.2f}s/step",
             flush=True,
