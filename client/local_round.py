@@ -207,13 +207,15 @@ def client_shares(request: SiteRequest, site: Site, threshold: int) -> ClientSha
         honest = honest_shares(threshold, s.dp_colluders)
     except FedVaultError as exc:
         raise Refused("below-floor", f"{site.name}: {exc}", floor="tolerated-colluders") from None
-    if not s.client_dp_adaptive:
-        update = central_noise_std(s.client_dp_noise, clip_norm)
-        return ClientShares(clip_norm, distributed_share_std(update, honest))
-    sigma = update_noise_multiplier(s.client_dp_noise, s.client_dp_count_noise)
-    update = central_noise_std(sigma, clip_norm)
-    count = distributed_share_std(s.client_dp_count_noise, honest)
-    return ClientShares(clip_norm, distributed_share_std(update, honest), count)
+    adaptive = s.client_dp_adaptive
+    sigma = (
+        update_noise_multiplier(s.client_dp_noise, s.client_dp_count_noise)
+        if adaptive
+        else s.client_dp_noise
+    )
+    update = distributed_share_std(central_noise_std(sigma, clip_norm), honest)
+    count = distributed_share_std(s.client_dp_count_noise, honest) if adaptive else 0.0
+    return ClientShares(clip_norm, update, count)
 
 
 def masked_vector(
