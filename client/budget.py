@@ -275,8 +275,9 @@ class SiteBudget:
         Under secure aggregation a site checks at setup and again when it reserves; the
         value is reused only for the same history and event.
         """
+        folded = merged([*history, event])  # same epsilon, a few events instead of hundreds
         key = hashlib.sha256(
-            json.dumps([e.to_dict() for e in [*history, event]], sort_keys=True).encode()
+            json.dumps([e.to_dict() for e in folded], sort_keys=True).encode()
         ).hexdigest()
         cached = self.state.get(CHECK_KEY)
         if cached is not None and cached.get("key") == key:

@@ -59,12 +59,14 @@ def cached_dataset(task: TaskSettings) -> Dataset:
     return load_dataset(task)
 
 
-def partition_rows(dataset: Dataset, spec: PartitionSpec, num_sites: int, seed: int) -> list:
-    """Row indices of every site's share of the training set."""
+@functools.lru_cache(maxsize=4)
+def cached_partition(task: TaskSettings, partition: str, num_sites: int) -> list:
+    """Row indices of every simulated site's share of the training set, once per process."""
+    dataset, spec = cached_dataset(task), PartitionSpec.parse(partition)
     if spec.kind == "iid":
-        return partition_iid(len(dataset.y_train), num_sites, seed)
+        return partition_iid(len(dataset.y_train), num_sites, task.seed)
     if spec.kind == "dirichlet":
-        return partition_dirichlet(dataset.y_train, num_sites, spec.alpha, seed)
+        return partition_dirichlet(dataset.y_train, num_sites, spec.alpha, task.seed)
     if spec.column not in dataset.groups:
         raise FedVaultError(f"partition column {spec.column!r} is not a column of this task")
     return partition_by_column(dataset.groups[spec.column], num_sites)
@@ -74,9 +76,8 @@ def site_table(task: TaskSettings, site: Site, partition: str):
     """The raw table rows of a tabular site (before its anonymization policy)."""
     if not site.simulated:
         return load_site_table(task, site.data_path).train_table
-    dataset = cached_dataset(task)
-    rows = partition_rows(dataset, PartitionSpec.parse(partition), site.num_partitions, task.seed)
-    return dataset.train_table.iloc[rows[site.partition_id]].reset_index(drop=True)
+    rows = cached_partition(task, partition, site.num_partitions)[site.partition_id]
+    return cached_dataset(task).train_table.iloc[rows].reset_index(drop=True)
 
 
 def load_site_data(task: TaskSettings, site: Site, partition: str, table=None) -> SiteData:
@@ -87,10 +88,7 @@ def load_site_data(task: TaskSettings, site: Site, partition: str, table=None) -
         num_features, num_classes = schema.num_features, len(schema.classes)
     elif site.simulated:
         dataset = cached_dataset(task)
-        parts = partition_rows(
-            dataset, PartitionSpec.parse(partition), site.num_partitions, task.seed
-        )
-        rows = parts[site.partition_id]
+        rows = cached_partition(task, partition, site.num_partitions)[site.partition_id]
         x, y = dataset.x_train[rows], dataset.y_train[rows]
         num_features, num_classes = dataset.num_features, dataset.num_classes
     else:

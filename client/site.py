@@ -283,7 +283,7 @@ def site_identity(site: Site) -> Identity | None:
     return _load_identity(str(roster), site.identity_key_path, roster.stat().st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=64)  # one Ray actor serves many simulated sites
 def _load_identity(roster: str, key: str, modified: int) -> Identity:
     return Identity.of(load_node_private_key(key), Roster.load(roster))
 

@@ -113,9 +113,7 @@ class Spending:
         for spend_id, row in self.reserved.items():
             if spend_id in self.cancelled:
                 continue
-            if "event" not in row.payload:
-                raise FedVaultError(f"ledger row {row.seq} reserves no privacy event")
-            events.append(PrivacyEvent.from_dict(row.payload.get(key, row.payload["event"])))
+            events.append(_reserved_event(row, key))
         return events
 
     @property
@@ -131,6 +129,27 @@ class Spending:
             if row.payload.get("run_id") == run_id and row.payload.get("purpose") == purpose
         ]
         return max(rounds) if rounds else None
+
+
+_PARSED_EVENTS = 200_000  # reserved events a process keeps parsed
+_parsed_events: dict[tuple[str, str], PrivacyEvent] = {}
+
+
+def _reserved_event(row: Row, key: str) -> PrivacyEvent:
+    """The event a reserve row records under `key`, parsed once per process.
+
+    A site reads its whole history at every step and a report at every round; a row's hash
+    names its content, so a parsed event is reused only for the very row it came from.
+    """
+    parsed = _parsed_events.get((row.row_hash, key))
+    if parsed is None:
+        if "event" not in row.payload:
+            raise FedVaultError(f"ledger row {row.seq} reserves no privacy event")
+        parsed = PrivacyEvent.from_dict(row.payload.get(key, row.payload["event"]))
+        if len(_parsed_events) >= _PARSED_EVENTS:
+            del _parsed_events[next(iter(_parsed_events))]
+        _parsed_events[row.row_hash, key] = parsed
+    return parsed
 
 
 def spent_events(ledger: Ledger) -> list[PrivacyEvent]:

@@ -16,6 +16,12 @@ the first's row before it decides.
 
 The file uses SQLite's default rollback journal rather than WAL, so the database file alone
 is always the complete ledger and can be copied by itself.
+
+A site's process opens its ledger for every request, hundreds of times a run. It remembers,
+per file, the stored rows it has already verified and parsed: a later open compares the
+stored rows with those, field by field, and hashes and parses only the rows that differ or
+are new. A row is trusted again only if it is byte for byte the row that was verified, at
+the same place after the same rows, so the check gives what a full one would.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ _SCHEMA = (
     ),
 )
 _SELECT = "SELECT seq, time, kind, payload, prev_hash, row_hash FROM rows"
+_KNOWN_LEDGERS = 64  # files whose verified rows a process remembers
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,43 @@ class Row:
     payload: dict[str, Any]
     prev_hash: str
     row_hash: str
+
+
+class _KnownRows:
+    """The verified prefix of one ledger file: its stored rows and their parsed forms."""
+
+    def __init__(self) -> None:
+        self.stored: list[tuple[Any, ...]] = []
+        self.parsed: list[Row] = []
+        self.lock = threading.Lock()
+
+    def verified_prefix(self, stored: list[tuple[Any, ...]]) -> int:
+        """How many leading rows of `stored` are exactly rows verified before."""
+        n = min(len(stored), len(self.stored))
+        if stored[:n] == self.stored[:n]:
+            return n
+        return next(i for i in range(n) if stored[i] != self.stored[i])
+
+    def parsed_row(self, raw: tuple[Any, ...]) -> Row | None:
+        index = raw[0] - 1
+        with self.lock:
+            if 0 <= index < len(self.stored) and self.stored[index] == raw:
+                return self.parsed[index]
+        return None
+
+
+_known: dict[str, _KnownRows] = {}
+_known_lock = threading.Lock()
+
+
+def _known_rows(path: Path) -> _KnownRows:
+    key = str(path.resolve())
+    with _known_lock:
+        known = _known.pop(key, None) or _KnownRows()
+        _known[key] = known  # most recently used last
+        while len(_known) > _KNOWN_LEDGERS:
+            del _known[next(iter(_known))]
+    return known
 
 
 def canonical_json(payload: dict[str, Any]) -> str:
@@ -110,6 +154,7 @@ class Ledger:
         self.created: str = genesis.time
         self._conn = conn
         self._lock = threading.Lock()
+        self._known = _known_rows(path)
 
     @classmethod
     def open(
@@ -204,22 +249,30 @@ class Ledger:
 
     def verify(self) -> int | None:
         """Seq of the first row that breaks the chain (edited, missing, moved), None if intact."""
-        expected_seq, prev = 1, GENESIS_HASH
         with self._lock:
             stored = self._select(None)
-        for seq, time, kind, payload_json, stored_prev, digest in stored:
-            if seq != expected_seq or stored_prev != prev:
-                return expected_seq
-            if digest != row_hash(prev, seq, time, kind, payload_json):
-                return expected_seq
-            if (seq == 1) != (kind == GENESIS):
-                return expected_seq
-            try:
-                if canonical_json(json.loads(payload_json)) != payload_json:
+        known = self._known
+        with known.lock:
+            start = known.verified_prefix(stored)
+            expected_seq, prev = (start + 1, stored[start - 1][5]) if start else (1, GENESIS_HASH)
+            del known.stored[start:], known.parsed[start:]
+            for raw in stored[start:]:
+                seq, time, kind, payload_json, stored_prev, digest = raw
+                if seq != expected_seq or stored_prev != prev:
                     return expected_seq
-            except (ValueError, TypeError):
-                return expected_seq
-            expected_seq, prev = seq + 1, digest
+                if digest != row_hash(prev, seq, time, kind, payload_json):
+                    return expected_seq
+                if (seq == 1) != (kind == GENESIS):
+                    return expected_seq
+                try:
+                    payload = json.loads(payload_json)
+                    if canonical_json(payload) != payload_json:
+                        return expected_seq
+                except (ValueError, TypeError):
+                    return expected_seq
+                known.stored.append(raw)
+                known.parsed.append(Row(seq, time, kind, payload, stored_prev, digest))
+                expected_seq, prev = seq + 1, digest
         return None if expected_seq > 1 else 1
 
     def close(self) -> None:
@@ -247,7 +300,12 @@ class Ledger:
 
     def _parse(self, stored: list[tuple[Any, ...]]) -> list[Row]:
         rows = []
-        for seq, time, kind, payload_json, prev, digest in stored:
+        for raw in stored:
+            known = self._known.parsed_row(raw)
+            if known is not None:
+                rows.append(known)
+                continue
+            seq, time, kind, payload_json, prev, digest = raw
             try:
                 payload = json.loads(payload_json)
             except json.JSONDecodeError as exc:

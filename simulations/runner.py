@@ -25,7 +25,7 @@ import tomli_w
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from client.data import cached_dataset, partition_rows
+from client.data import cached_partition
 from client.site import SITE_FILE, read_site_file, site_settings
 from privacy.atomic import atomic_write_text
 from privacy.certs import parse_address
@@ -108,8 +108,7 @@ def prepare_run(
         raise FedVaultError(
             f"min-sites {settings.min_sites} exceeds the {scenario.num_sites} simulated sites"
         )
-    dataset = cached_dataset(settings.task)
-    partition_rows(dataset, settings.partition_spec, scenario.num_sites, settings.task.seed)
+    cached_partition(settings.task, settings.partition, scenario.num_sites)  # fails early
     written = {}
     for index in range(scenario.num_sites):
         site_dir = sites_root / f"site-{index}"

@@ -199,6 +199,25 @@ def test_tampering_is_detected(tmp_path: Path, statements: list[str], first_bad:
         assert ledger.verify() == first_bad
 
 
+def test_an_edit_to_rows_this_process_already_verified_is_still_detected(
+    tmp_path: Path,
+) -> None:
+    """Rows verified by an earlier open are trusted again only if stored exactly as verified."""
+    path = tmp_path / "ledger.sqlite"
+    make_ledger(path, 4)
+    Ledger.open(path, "site", FP).close()  # every row verified and remembered
+    attacker(path, 'UPDATE rows SET payload = \'{"note":"r2","round":7}\' WHERE seq = 3')
+    with pytest.raises(FedVaultError, match="first bad row is seq 3"):
+        Ledger.open(path, "site", FP)
+    with Ledger.open(path, "site", FP, verify_chain=False) as ledger:
+        assert ledger.rows()[2].payload == {"note": "r2", "round": 7}
+        assert ledger.verify() == 3
+    path.unlink()
+    make_ledger(path, 2)  # a new file at the same path: verified afresh
+    with Ledger.open(path, "site", FP) as ledger:
+        assert [row.payload.get("round") for row in ledger.rows()] == [None, 1, 2]
+
+
 def test_recomputed_hash_of_one_edited_row_breaks_the_next_link(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     make_ledger(path, 3)
