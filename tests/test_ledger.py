@@ -218,6 +218,28 @@ def test_an_edit_to_rows_this_process_already_verified_is_still_detected(
         assert [row.payload.get("round") for row in ledger.rows()] == [None, 1, 2]
 
 
+def test_reopening_hashes_only_rows_not_verified_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site opens its ledger at every step: the cost of a check must not grow with history."""
+    import privacy.ledger as ledger_module
+
+    path = tmp_path / "ledger.sqlite"
+    make_ledger(path, 50)
+    Ledger.open(path, "site", FP).close()
+    hashed = []
+    real = ledger_module.row_hash
+    monkeypatch.setattr(
+        ledger_module, "row_hash", lambda *fields: hashed.append(fields[1]) or real(*fields)
+    )
+    with Ledger.open(path, "site", FP) as ledger:
+        assert hashed == []
+        ledger.append("round", {"round": 51, "note": "r51"})
+    hashed.clear()
+    Ledger.open(path, "site", FP).close()
+    assert hashed == [52]  # the new row only (the genesis row is seq 1)
+
+
 def test_recomputed_hash_of_one_edited_row_breaks_the_next_link(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     make_ledger(path, 3)
