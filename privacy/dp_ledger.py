@@ -81,6 +81,10 @@ class Spending:
     reserved: dict[str, Row] = field(default_factory=dict)
     committed: set[str] = field(default_factory=set)
     cancelled: set[str] = field(default_factory=set)
+    # the events of each reserve row held, read once: a report asks at every round
+    _parsed: dict[str, dict[str, PrivacyEvent]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, rows: Sequence[Row]) -> Spending:
@@ -92,7 +96,9 @@ class Spending:
     def add(self, row: Row) -> None:
         """Take the next row of the ledger into account."""
         if row.kind == RESERVE:
-            self.reserved[str(row.payload["id"])] = row
+            spend_id = str(row.payload["id"])
+            self.reserved[spend_id] = row
+            self._parsed.pop(spend_id, None)
         elif row.kind == COMMIT:
             self.committed.add(str(row.payload["id"]))
         elif row.kind == CANCEL:
@@ -113,7 +119,12 @@ class Spending:
         for spend_id, row in self.reserved.items():
             if spend_id in self.cancelled:
                 continue
-            events.append(_reserved_event(row, key))
+            parsed = self._parsed.setdefault(spend_id, {})
+            if key not in parsed:
+                if "event" not in row.payload:
+                    raise FedVaultError(f"ledger row {row.seq} reserves no privacy event")
+                parsed[key] = PrivacyEvent.from_dict(row.payload.get(key, row.payload["event"]))
+            events.append(parsed[key])
         return events
 
     @property
@@ -129,27 +140,6 @@ class Spending:
             if row.payload.get("run_id") == run_id and row.payload.get("purpose") == purpose
         ]
         return max(rounds) if rounds else None
-
-
-_PARSED_EVENTS = 200_000  # reserved events a process keeps parsed
-_parsed_events: dict[tuple[str, str], PrivacyEvent] = {}
-
-
-def _reserved_event(row: Row, key: str) -> PrivacyEvent:
-    """The event a reserve row records under `key`, parsed once per process.
-
-    A site reads its whole history at every step and a report at every round; a row's hash
-    names its content, so a parsed event is reused only for the very row it came from.
-    """
-    parsed = _parsed_events.get((row.row_hash, key))
-    if parsed is None:
-        if "event" not in row.payload:
-            raise FedVaultError(f"ledger row {row.seq} reserves no privacy event")
-        parsed = PrivacyEvent.from_dict(row.payload.get(key, row.payload["event"]))
-        if len(_parsed_events) >= _PARSED_EVENTS:
-            del _parsed_events[next(iter(_parsed_events))]
-        _parsed_events[row.row_hash, key] = parsed
-    return parsed
 
 
 def spent_events(ledger: Ledger) -> list[PrivacyEvent]:

@@ -27,6 +27,7 @@ the same place after the same rows, so the check gives what a full one would.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -62,7 +63,11 @@ _KNOWN_LEDGERS = 64  # files whose verified rows a process remembers
 
 @dataclass(frozen=True)
 class Row:
-    """One ledger row; `payload` is the parsed form of the canonical JSON that was hashed."""
+    """One ledger row; `payload` is the parsed form of the canonical JSON that was hashed.
+
+    Rows read from a ledger are shared within a process (see the module docstring): read
+    their payloads, never change them.
+    """
 
     seq: int
     time: str
@@ -95,18 +100,10 @@ class _KnownRows:
         return None
 
 
-_known: dict[str, _KnownRows] = {}
-_known_lock = threading.Lock()
-
-
-def _known_rows(path: Path) -> _KnownRows:
-    key = str(path.resolve())
-    with _known_lock:
-        known = _known.pop(key, None) or _KnownRows()
-        _known[key] = known  # most recently used last
-        while len(_known) > _KNOWN_LEDGERS:
-            del _known[next(iter(_known))]
-    return known
+@functools.lru_cache(maxsize=_KNOWN_LEDGERS)
+def _known_rows(resolved_path: str) -> _KnownRows:
+    """What this process verified of the ledger file at `resolved_path` (kept for 64 files)."""
+    return _KnownRows()
 
 
 def canonical_json(payload: dict[str, Any]) -> str:
@@ -154,7 +151,7 @@ class Ledger:
         self.created: str = genesis.time
         self._conn = conn
         self._lock = threading.Lock()
-        self._known = _known_rows(path)
+        self._known = _known_rows(str(path.resolve()))
 
     @classmethod
     def open(
