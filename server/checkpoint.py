@@ -2,10 +2,10 @@
 
 Flower has no run resume: a run in flight when the SuperLink restarts ends as failed. The
 server therefore writes the global model, the optimizer's state (FedAdam's moments, or the
-server momentum of distributed DP-SGD) and the per-round metrics after each round;
-`resume-run-id` continues that run directory from the last completed round. Tensors go to
-safetensors (no pickle), the rest to JSON, and the JSON, written last, carries the tensors'
-hash, so a torn checkpoint is detected, not loaded.
+server momentum and iterate average of distributed DP-SGD) and the per-round metrics after
+each round; `resume-run-id` continues that run directory from the last completed round.
+Tensors go to safetensors (no pickle), the rest to JSON, and the JSON, written last, carries
+the tensors' hash, so a torn checkpoint is detected, not loaded.
 Privacy state needs no copy here: it is in the append-only ledgers, which are never rolled
 back, so nothing spent in an interrupted round is forgotten.
 """
@@ -27,7 +27,7 @@ from server.distributed_sgd import DistributedSgd
 
 CHECKPOINT_DIR = "checkpoint"
 STRATEGY_STATE = ("m_t", "v_t")  # a Flower strategy's arrays (FedOpt moments)
-SGD_STATE = "velocity"  # distributed DP-SGD's server momentum (`DistributedSgd.velocity`)
+SGD_STATE = ("velocity", "average")  # distributed DP-SGD's server state (`DistributedSgd`)
 
 
 @dataclass
@@ -44,14 +44,16 @@ class Checkpoint:
 def strategy_state(
     strategy: object, sgd: DistributedSgd | None = None
 ) -> dict[str, dict[str, np.ndarray]]:
-    """The optimizer arrays that evolve across rounds: FedOpt moments, or `sgd`'s momentum."""
+    """The optimizer arrays that evolve across rounds: FedOpt moments, or `sgd`'s momentum
+    and iterate average."""
     state = {
         name: dict(getattr(strategy, name))
         for name in STRATEGY_STATE
         if getattr(strategy, name, None)
     }
-    if sgd is not None and sgd.velocity is not None:
-        state[SGD_STATE] = {"flat": sgd.velocity}
+    for name in SGD_STATE if sgd is not None else ():
+        if getattr(sgd, name) is not None:
+            state[name] = {"flat": getattr(sgd, name)}
     return state
 
 
@@ -61,8 +63,9 @@ def restore_strategy(
     for name in STRATEGY_STATE:
         if name in state:
             setattr(strategy, name, state[name])
-    if sgd is not None and SGD_STATE in state:
-        sgd.velocity = state[SGD_STATE]["flat"]
+    for name in SGD_STATE if sgd is not None else ():
+        if name in state:
+            setattr(sgd, name, state[name]["flat"])
 
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
@@ -105,6 +108,6 @@ def load_checkpoint(run_dir: Path, run_id: str) -> Checkpoint:
     strategy: dict[str, dict[str, np.ndarray]] = {}
     for key, value in tensors.items():
         name, _, array_key = key.partition("/")
-        if name in (*STRATEGY_STATE, SGD_STATE):
+        if name in (*STRATEGY_STATE, *SGD_STATE):
             strategy.setdefault(name, {})[array_key] = value.numpy()
     return Checkpoint(str(state["run-id"]), int(state["round"]), model, state["metrics"], strategy)

@@ -4,9 +4,14 @@ Secure aggregation hands the server the integer sum of the sites' rounded, clipp
 sums and their noise shares; nothing per site. The server divides by the expected total
 batch (contributors x batch-size: fixed by the run, never the realised batch, which it does
 not learn and which would depend on the records), and takes an SGD step with momentum.
-Momentum on the released sums is post-processing, so it costs no privacy. The velocity is
-checkpointed with the model after every step (server/checkpoint.py), so a resumed run
-continues with it.
+Momentum on the released sums is post-processing, so it costs no privacy.
+
+The model the run evaluates and releases is an exponential moving average of the iterates
+(`iterate-average`, decay 0.9), not the last one: each step carries fresh noise, and the last
+iterate swings by a point or more from one step to the next, where the average does not
+(docs/benchmarks.md). It is post-processing too. The sites keep computing gradients at the
+raw iterate. The velocity and the average are checkpointed with the model after every step
+(server/checkpoint.py), so a resumed run continues with them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 
 from privacy.distributed_noise import NoiseShares
 from tasks.settings import RunSettings
-from tasks.wire import apply_update
+from tasks.wire import apply_update, flatten_state
 
 
 class DistributedSgd:
@@ -27,6 +32,7 @@ class DistributedSgd:
     def __init__(self, settings: RunSettings) -> None:
         self.settings = settings
         self.velocity: np.ndarray | None = None
+        self.average: np.ndarray | None = None
 
     def step(
         self,
@@ -50,4 +56,15 @@ class DistributedSgd:
         if self.velocity is None:
             self.velocity = np.zeros_like(gradient)
         self.velocity = s.momentum * self.velocity + gradient
-        return apply_update(state, -s.learning_rate * self.velocity)
+        new = apply_update(state, -s.learning_rate * self.velocity)
+        if self.average is None:
+            self.average = flatten_state(state)
+        decay = s.iterate_average
+        self.average = decay * self.average + (1 - decay) * flatten_state(new)
+        return new
+
+    def released(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model to evaluate and release at iterate `state`: the average of the iterates."""
+        if self.average is None:
+            return dict(state)
+        return apply_update(state, self.average - flatten_state(state))

@@ -163,6 +163,8 @@ def _rounds(
         ledger.append("resume", {"run-id": run_id, "from-round": resume.round})
         log.warning("resuming run %s after round %d", run_id, resume.round)
     arrays = ArrayRecord(model.state_dict())
+    if stepper is not None:
+        model.load_state_dict(stepper[0].released(model.state_dict()))
     for server_round in range(first_round, settings.num_rounds + 1):
         started = time.monotonic()
         messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
@@ -222,7 +224,8 @@ def _rounds(
             metrics.update(
                 _evaluate_at_sites(grid, strategy, server_round, arrays, train_config, ledger)
             )
-        model.load_state_dict(arrays.to_torch_state_dict())
+        iterate = arrays.to_torch_state_dict()
+        model.load_state_dict(stepper[0].released(iterate) if stepper else iterate)
         loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
         metrics.update({"test-loss": loss, "test-accuracy": accuracy})
         metrics["seconds"] = round(time.monotonic() - started, 3)
@@ -232,7 +235,7 @@ def _rounds(
             Checkpoint(
                 run_id,
                 server_round,
-                model.state_dict(),
+                iterate,
                 rundir.rounds,
                 strategy_state(strategy, stepper and stepper[0]),
             ),

@@ -39,6 +39,7 @@ class RunSettings:
     batch_size: int = 32
     learning_rate: float = 0.05
     momentum: float = 0.9
+    iterate_average: float = 0.9
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_learning_rate: float = 0.01
@@ -88,6 +89,8 @@ class RunSettings:
             raise FedVaultError("fraction-evaluate must be in [0, 1]")
         if not self.learning_rate > 0:
             raise FedVaultError("learning-rate must be > 0")
+        if not 0 <= self.iterate_average < 1:
+            raise FedVaultError("iterate-average must be in [0, 1) (0 releases the last iterate)")
         if self.strategy not in STRATEGIES:
             raise FedVaultError(
                 f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}"

@@ -44,12 +44,16 @@ def float_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
     return [k for k, v in state.items() if v.is_floating_point()]
 
 
+def flatten_state(state: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """The floating-point tensors of `state`, as one float64 vector."""
+    return np.concatenate(
+        [state[k].detach().double().reshape(-1).numpy() for k in float_keys(state)]
+    )
+
+
 def flatten_update(new: Mapping[str, torch.Tensor], old: Mapping[str, torch.Tensor]) -> np.ndarray:
     """new - old over the floating-point tensors, as one float64 vector."""
-    keys = float_keys(old)
-    return np.concatenate(
-        [(new[k].detach().double() - old[k].double()).reshape(-1).numpy() for k in keys]
-    )
+    return flatten_state({k: new[k] for k in float_keys(old)}) - flatten_state(old)
 
 
 def apply_update(old: Mapping[str, torch.Tensor], delta: np.ndarray) -> dict[str, torch.Tensor]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -55,13 +57,37 @@ def test_a_resumed_distributed_run_keeps_its_momentum(tmp_path):
     resumed, fresh_strategy = DistributedSgd(SETTINGS), FedOptLike()
     restore_strategy(fresh_strategy, loaded.strategy, resumed)
     np.testing.assert_array_equal(resumed.velocity, first.velocity)
+    np.testing.assert_array_equal(resumed.average, first.average)
     np.testing.assert_array_equal(fresh_strategy.m_t["w"], np.ones(3))
     assert fresh_strategy.v_t is None and not hasattr(fresh_strategy, "velocity")
     again = resumed.step(loaded.model, steps[1], 2, 2)
     torch.testing.assert_close(again["w"], model["w"])
+    torch.testing.assert_close(resumed.released(again)["w"], straight.released(model)["w"])
     # Without the velocity the second step would differ: the test can tell them apart.
     forgetful = DistributedSgd(SETTINGS).step(loaded.model, steps[1], 2, 2)
     assert not torch.allclose(forgetful["w"], model["w"])
+
+
+def test_the_released_model_is_the_moving_average_of_the_iterates():
+    steps = [released([3.0, -1.0, 0.5]), released([-2.0, 4.0, 1.0]), released([1.0, 1.0, 1.0])]
+    sgd = DistributedSgd(SETTINGS)
+    iterates = [{"w": torch.tensor([1.0, 2.0, 3.0])}]
+    for step in steps:
+        iterates.append(sgd.step(iterates[-1], step, 2, 2))
+    decay = SETTINGS.iterate_average
+    average = iterates[0]["w"].double()
+    for iterate in iterates[1:]:
+        average = decay * average + (1 - decay) * iterate["w"].double()
+    out = sgd.released(iterates[-1])
+    torch.testing.assert_close(out["w"], average.float())
+    assert not torch.allclose(out["w"], iterates[-1]["w"])
+    # The iterate the sites train at is not touched by the average.
+    last = DistributedSgd(dataclasses.replace(SETTINGS, iterate_average=0.0))
+    model = iterates[0]
+    for step in steps:
+        model = last.step(model, step, 2, 2)
+    torch.testing.assert_close(model["w"], iterates[-1]["w"])
+    torch.testing.assert_close(last.released(model)["w"], model["w"])
 
 
 def test_another_runs_or_a_damaged_checkpoint_is_refused(tmp_path):

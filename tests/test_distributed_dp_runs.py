@@ -8,12 +8,18 @@ import sqlite3
 
 import dp_accounting
 import pytest
+import torch
 from dp_accounting.rdp import rdp_privacy_accountant as rdp
+from safetensors.torch import load_file
 
 from privacy.accounting import SKELLAM, SKELLAM_ORDERS, PrivacyEvent
 from privacy.report.verify import verify_run
+from server.checkpoint import load_checkpoint, restore_strategy
+from server.distributed_sgd import DistributedSgd
 from simulations.runner import simulate
 from simulations.scenario import Scenario
+from tasks.registry import build_model
+from tasks.settings import RunSettings
 
 DISTRIBUTED = {
     "task.name": "mnist1d",
@@ -64,6 +70,17 @@ def test_a_distributed_run_learns_and_reports_both_epsilons_checked_independentl
     # untrained or noise-drowned model stays near chance (0.1).
     assert rounds[-1]["test-accuracy"] > rounds[0]["test-accuracy"] + 0.08
     assert all(r["secagg-aborted"] == 0 for r in rounds[1:])
+    # The released model is the server's average of the iterates, not the last iterate
+    # (which the checkpoint keeps for the sites to train at).
+    run_id = json.loads((out / "checkpoint" / "state.json").read_text())["run-id"]
+    checkpoint, released = load_checkpoint(out, run_id), load_file(out / "model.safetensors")
+    model = build_model("mnist1d", 40, 10, private=True)
+    model.load_state_dict(checkpoint.model)
+    sgd = DistributedSgd(RunSettings())
+    restore_strategy(object(), checkpoint.strategy, sgd)
+    for key, value in sgd.released(model.state_dict()).items():
+        torch.testing.assert_close(released[key], value)
+    assert not all(torch.equal(released[k], checkpoint.model[k]) for k in released)
 
     report = json.loads((out / "report.json").read_text())
     assert verify_run(out) == []

@@ -42,7 +42,8 @@ DISTRIBUTED_TRUST_MODEL = (
 DISTRIBUTED_ALGORITHM = (
     "distributed DP-SGD (docs/distributed-dp.md): one step per round, per-example clipping to "
     "norm C at each site, stochastic rounding, Skellam noise shares that sum to variance "
-    "(sigma C)^2 inside secure aggregation"
+    "(sigma C)^2 inside secure aggregation; the server's momentum step and the released "
+    "model (a moving average of the iterates, iterate-average) are post-processing of the sums"
 )
 TRUST_MODEL = (
     "local to each site: noise is added by the site's own DP-SGD, drawn from its own CSPRNG, "
