@@ -162,8 +162,8 @@ def _rounds(
             client_dp.restore([row.payload for row in ledger.rows("client_dp_round")])
         ledger.append("resume", {"run-id": run_id, "from-round": resume.round})
         log.warning("resuming run %s after round %d", run_id, resume.round)
-    arrays = ArrayRecord(model.state_dict())
-    if stepper is not None:
+    arrays = ArrayRecord(model.state_dict())  # the iterate the sites train at
+    if stepper is not None:  # `model` is what the run releases: after a resume, the average
         model.load_state_dict(stepper[0].released(model.state_dict()))
     for server_round in range(first_round, settings.num_rounds + 1):
         started = time.monotonic()
