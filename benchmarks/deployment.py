@@ -8,8 +8,12 @@ authenticated secure aggregation. The simulation is `fedvault simulate` of the s
 with three sites. Both write per-round seconds (metrics.json) and per-stage seconds (the run
 ledger's `secagg_round` rows); the first round, which includes start-up, is left out.
 
-    python -m benchmarks.deployment               # 3 rounds each
-    python -m benchmarks.deployment --rounds 5
+    python -m benchmarks.deployment                            # local DP, 3 rounds each
+    python -m benchmarks.deployment --dp-mode distributed --rounds 12
+
+`--dp-mode local` (the default here) runs every site's own DP-SGD epoch under a full
+SecAgg+ round (five exchanges); `distributed` runs distributed DP-SGD, one DP step per
+round in one exchange after the sites agreed keys (docs/distributed-dp.md).
 """
 
 from __future__ import annotations
@@ -34,16 +38,28 @@ from cli.processes import Supervisor
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "simulations" / "scenarios" / "clinic-schema.toml"
 FEDVAULT = [sys.executable, "-m", "cli.main"]
-STAGES = ("setup", "share-keys", "masked-input", "consistency", "unmask")
+STAGES = ("setup", "share-keys", "masked-input", "consistency", "unmask", "step")
 SITES = ("site-a", "site-b", "site-c")
-RUN = {
-    "local-epochs": 1,
-    "batch-size": 32,
-    "learning-rate": 0.05,
-    "dp": True,
-    "noise-multiplier": 1.0,
-    "secagg": True,
-    "fraction-evaluate": 0.0,
+RUNS = {
+    "local": {
+        "local-epochs": 1,
+        "batch-size": 32,
+        "learning-rate": 0.05,
+        "dp": True,
+        "noise-multiplier": 1.0,
+        "secagg": True,
+        "fraction-evaluate": 0.0,
+    },
+    "distributed": {
+        "batch-size": 64,
+        "learning-rate": 0.5,
+        "dp": True,
+        "dp-mode": "distributed",
+        "accountant": "rdp",
+        "noise-multiplier": 1.0,
+        "secagg": True,
+        "fraction-evaluate": 0.0,
+    },
 }
 
 
@@ -77,7 +93,7 @@ def timings(out: Path) -> dict:
     return {"round": statistics.median(r["seconds"] for r in rounds), **stages}
 
 
-def deployed(root: Path, rounds: int, env: dict) -> dict:
+def deployed(root: Path, run_settings: dict, rounds: int, env: dict) -> dict:
     port, control = free_port(), free_port()
     fedvault("certs", "init", "--out", str(root / "certs"), "--server-name", "localhost", env=env)
     fedvault("data", "synth", "clinic", "--rows", "500", "--seed", "99",
@@ -121,7 +137,7 @@ def deployed(root: Path, rounds: int, env: dict) -> dict:
         out = root / "run"
         scenario = root / "scenario.toml"
         task = {"name": "tabular", "csv": str(root / "holdout.csv"), "schema": str(SCHEMA)}
-        run = {**RUN, "num-rounds": rounds, "min-sites": 3, "out": str(out), "task": task}
+        run = {**run_settings, "num-rounds": rounds, "min-sites": 3, "out": str(out), "task": task}
         scenario.write_text(tomli_w.dumps({"run": run}))
         started = time.monotonic()
         fedvault("run", str(scenario), "--state-dir", str(root / "server"), env=env)
@@ -129,14 +145,20 @@ def deployed(root: Path, rounds: int, env: dict) -> dict:
     return timings(out)
 
 
-def simulated(root: Path, rounds: int, env: dict) -> dict:
+def simulated(root: Path, run_settings: dict, rounds: int, env: dict) -> dict:
     fedvault("data", "synth", "clinic", "--rows", "6500", "--seed", "1",
              "-o", str(root / "all.csv"), env=env)  # fmt: skip
     out = root / "simulated"
     task = {"name": "tabular", "csv": str(root / "all.csv"), "schema": str(SCHEMA)}
     scenario = {
         "simulation": {"num-sites": len(SITES)},
-        "run": {**RUN, "num-rounds": rounds, "min-sites": 3, "partition": "iid", "task": task},
+        "run": {
+            **run_settings,
+            "num-rounds": rounds,
+            "min-sites": 3,
+            "partition": "iid",
+            "task": task,
+        },
         "sites": {"max-epsilon": 50.0},
     }
     (root / "scenario.toml").write_text(tomli_w.dumps(scenario))
@@ -147,7 +169,14 @@ def simulated(root: Path, rounds: int, env: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each run (default 3)")
+    parser.add_argument(
+        "--dp-mode",
+        choices=sorted(RUNS),
+        default="local",
+        help="local DP-SGD under SecAgg+ rounds, or distributed DP-SGD (default local)",
+    )
     args = parser.parse_args(argv)
+    run_settings = RUNS[args.dp_mode]
     with tempfile.TemporaryDirectory(prefix="fedvault-bench-") as tmp:
         root = Path(tmp)
         passphrase = root / "passphrase"  # keys encrypted at rest, as in the walkthrough
@@ -159,14 +188,15 @@ def main(argv: list[str] | None = None) -> int:
             "FEDVAULT_PASSPHRASE_FILE": str(passphrase),
         }
         results = {
-            "deployment": deployed(root / "deployment", args.rounds, env),
-            "simulation": simulated(root / "simulation", args.rounds, env),
+            "deployment": deployed(root / "deployment", run_settings, args.rounds, env),
+            "simulation": simulated(root / "simulation", run_settings, args.rounds, env),
         }
-    header = ["mode", "round s", *(f"{s} s" for s in STAGES)]
+    stages = [stage for stage in STAGES if stage in results["simulation"]]
+    header = ["mode", "round s", *(f"{s} s" for s in stages)]
     print("| " + " | ".join(header) + " |")
     print("|---" * len(header) + "|")
     for mode, result in results.items():
-        cells = [f"{result.get(key, float('nan')):.2f}" for key in ("round", *STAGES)]
+        cells = [f"{result.get(key, float('nan')):.2f}" for key in ("round", *stages)]
         print(f"| {mode} | " + " | ".join(cells) + " |")
     ratio = results["deployment"]["round"] / results["simulation"]["round"]
     print(f"\ndeployed round / simulated round: {ratio:.2f}")

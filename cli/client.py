@@ -19,8 +19,17 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import PrivateFormat
 
+from cli.clientapp_server import write_launchers
 from cli.keys import add_passphrase_flag, warn_unencrypted
-from cli.processes import Child, Supervisor, check_port_free, executable, flower_env, listening
+from cli.processes import (
+    Child,
+    Supervisor,
+    accepting,
+    check_port_free,
+    executable,
+    flower_env,
+    listening,
+)
 from client.approval import approved_builds
 from client.site import DEFAULT_DELTA, DEFAULT_EVALUATION_NOISE, DEFAULT_MAX_EPSILON, SITE_KEYS
 from client.supernode import (
@@ -33,7 +42,6 @@ from client.supernode import (
     site_roster,
     supernode_command,
     supernode_env,
-    write_clientapp_launcher,
     write_node_config,
     write_site_settings,
 )
@@ -123,10 +131,14 @@ def _client(args: argparse.Namespace) -> int:
         print(f"fedvault: {settings.server} not reachable yet; retrying", flush=True)
     check_port_free("127.0.0.1", settings.port)
     env = supernode_env(settings, flower_env(state_dir / "flwr"))
-    launcher = write_clientapp_launcher(state_dir, sys.executable)
-    env["PATH"] = os.pathsep.join([str(launcher), env["PATH"]])
     env.update(passphrase_env(args.passphrase_file))
     with Supervisor() as supervisor:
+        tasks = supervisor.socket_dir() / "clientapp.sock"
+        clientapp = supervisor.start(
+            "clientapp", [sys.executable, "-m", "cli.clientapp_server", str(tasks)], env
+        )
+        launchers = write_launchers(state_dir, sys.executable, tasks)
+        env["PATH"] = os.pathsep.join([str(launchers), env["PATH"]])
         key_file = supervisor.key_file(
             Path(settings.key), "node key", passphrase, PrivateFormat.OpenSSH, state_dir
         )
@@ -149,6 +161,9 @@ def _client(args: argparse.Namespace) -> int:
             f"connection to the server at {settings.server}",
             on_exit=_rejected(fingerprint),
         )
+        supervisor.wait_until(  # it imported its modules while the SuperNode connected
+            clientapp, lambda: accepting(tasks), args.connect_timeout, "its ClientApp process"
+        )
         print(
             f"fedvault: site connected to {settings.server} as {identity.name} with key "
             f"{fingerprint}; {len(approved)} approved app build(s). Stop with Ctrl-C.",
@@ -157,7 +172,7 @@ def _client(args: argparse.Namespace) -> int:
         exited = supervisor.wait_for_exit_or_signal()
         if exited is not None:
             print(
-                f"fedvault: error: flower-supernode exited with status {exited.exited()}",
+                f"fedvault: error: {exited.name} exited with status {exited.exited()}",
                 file=sys.stderr,
             )
             return 1

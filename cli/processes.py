@@ -56,6 +56,7 @@ FLOWER_ENV = {
 MEMORY_DIRS = ("/dev/shm",)
 """Tried after $XDG_RUNTIME_DIR for decrypted key copies: memory, never written to a disk."""
 KEY_DIR_PREFIX = "fedvault-keys-"
+SOCKET_DIR_PREFIX = "fedvault-sockets-"
 
 
 def executable(name: str) -> str:
@@ -103,6 +104,16 @@ def listening(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def accepting(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+            return True
+        except OSError:
+            return False
 
 
 def private_key_dir(fallback: Path) -> Path:
@@ -250,6 +261,7 @@ class Supervisor:
         self._out_lock = threading.Lock()
         self._previous: dict[int, object] = {}
         self._key_dir: Path | None = None
+        self._socket_dir: Path | None = None
 
     def __enter__(self) -> Supervisor:
         become_subreaper()
@@ -264,6 +276,8 @@ class Supervisor:
                 self.remove_key_files()
             finally:
                 self.stop()
+                if self._socket_dir is not None:
+                    shutil.rmtree(self._socket_dir, ignore_errors=True)
         finally:
             for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
@@ -289,6 +303,14 @@ class Supervisor:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         return copy
+
+    def socket_dir(self) -> Path:
+        """A directory only this user may enter (0700), for the Unix sockets of the children,
+        removed once they are stopped. It is in the system's temporary directory, whose
+        short path fits a socket address (108 bytes) where a deep state directory may not."""
+        if self._socket_dir is None:
+            self._socket_dir = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))
+        return self._socket_dir
 
     def remove_key_files(self) -> None:
         """Remove every decrypted key copy: call it once every child that reads one is ready

@@ -16,13 +16,15 @@ import sys
 from cryptography.hazmat.primitives.serialization import PrivateFormat
 
 from cli.keys import add_passphrase_flag, warn_unencrypted
-from cli.processes import Supervisor, check_port_free, executable, flower_env
+from cli.processes import Supervisor, accepting, check_port_free, executable, flower_env
 from privacy.certs import LOOPBACK_IPS
 from privacy.keystore import PASSPHRASE_VARIABLES, find_passphrase, passphrase_env
+from server.longpoll import FLEET, FLEET_SOCKETS_ENV
 from server.superlink import (
     DEFAULT_CONTROL_PORT,
     DEFAULT_PORT,
     LOOPBACK,
+    longpoll_command,
     nginx_command,
     prepare_server,
     proxy_ready,
@@ -67,6 +69,9 @@ def _server(args: argparse.Namespace) -> int:
     env[TRANSPORT_ENV] = json.dumps(transport_record(settings))
     env.update(passphrase_env(args.passphrase_file))
     with Supervisor() as supervisor:
+        sockets = supervisor.socket_dir()
+        if settings.proxy:  # the ServerApp announces mail and hears replies there
+            env[FLEET_SOCKETS_ENV] = str(sockets)
         key_file = supervisor.key_file(
             certs.server_key, "server key", passphrase, PrivateFormat.PKCS8, settings.state_dir
         )
@@ -77,7 +82,11 @@ def _server(args: argparse.Namespace) -> int:
             superlink, lambda: superlink_ready(settings), args.ready_timeout, "readiness"
         )
         if settings.proxy:
-            proxy = supervisor.start("proxy", nginx_command(settings, key_file), proxy_env)
+            longpoll = supervisor.start("long-poll", longpoll_command(settings, sockets), proxy_env)
+            supervisor.wait_until(
+                longpoll, lambda: accepting(sockets / FLEET), args.ready_timeout, "its socket"
+            )
+            proxy = supervisor.start("proxy", nginx_command(settings, key_file, sockets), proxy_env)
             supervisor.wait_until(
                 proxy, lambda: proxy_ready(settings), args.ready_timeout, "proxied Fleet API"
             )

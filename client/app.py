@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from logging import getLogger
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.budget import SiteBudget
@@ -38,7 +38,7 @@ from privacy.errors import FedVaultError
 from privacy.secagg import SecAggClient, SecAggProtocolError
 from privacy.secagg import messages as m
 from privacy.secagg.config import RoundParams
-from tasks.wire import protocol_message, protocol_records
+from tasks.wire import pack_model, protocol_message, protocol_records
 
 app = ClientApp()
 log = getLogger("fedvault.client")
@@ -55,7 +55,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         release = private_release(msg, context, prepare(request, site), budget)
         content = RecordDict(
             {
-                "arrays": ArrayRecord(release.model.state_dict()),
+                "arrays": pack_model(release.model.state_dict()),
                 "metrics": MetricRecord(release.metrics),
                 "privacy": release.privacy,
             }

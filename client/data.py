@@ -133,7 +133,7 @@ def prepare(request: SiteRequest, site: Site) -> SiteRound:
     task, partition = request.settings.task, request.settings.partition
     table, anonymization = None, {}
     if task.name == "tabular":
-        table, anonymization = released_table(task, site, partition)
+        table, anonymization = released_table(task, site, partition, _file_stamps(site))
     data = load_site_data(task, site, partition, table)
     return SiteRound(request, site, data, anonymization)
 
@@ -161,19 +161,29 @@ def training_records(request: SiteRequest, site: Site, state: RecordDict) -> int
 
 def _source_key(request: SiteRequest, site: Site) -> str:
     """A digest of everything the site's training rows are made from."""
-    stamps = []
-    for source in (site.data_path, site.policy_path, str(site.state_dir / SPLIT_KEY_FILE)):
-        path = Path(source)
-        if source and path.exists():
-            info = path.stat()
-            stamps.append((source, info.st_size, info.st_mtime_ns))
+    stamps = _file_stamps(site, str(site.state_dir / SPLIT_KEY_FILE))
     described = repr((request.settings.task, request.settings.partition, site, stamps))
     return hashlib.sha256(described.encode()).hexdigest()
 
 
+def _file_stamps(site: Site, *more: str) -> tuple:
+    """Path, size and modification time of the site's data and policy files (and `more`)."""
+    stamps = []
+    for source in (site.data_path, site.policy_path, *more):
+        path = Path(source)
+        if source and path.exists():
+            info = path.stat()
+            stamps.append((source, info.st_size, info.st_mtime_ns))
+    return tuple(stamps)
+
+
 @functools.lru_cache(maxsize=8)
-def released_table(task: TaskSettings, site: Site, partition: str) -> tuple[pd.DataFrame, dict]:
-    """The site's rows after its policy: computed once per process, reused every round."""
+def released_table(
+    task: TaskSettings, site: Site, partition: str, stamps: tuple = ()
+) -> tuple[pd.DataFrame, dict]:
+    """The site's rows after its policy: computed once per process and reused every round
+    while `stamps` (`_file_stamps`) say its files are unchanged: a site's ClientApp process
+    lives across runs, and a table edited meanwhile is read afresh."""
     table = site_table(task, site, partition)
     if not site.policy_path:
         return table, {}

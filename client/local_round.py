@@ -31,7 +31,7 @@ from privacy.dp_ledger import Refused, Reservation
 from privacy.errors import FedVaultError
 from privacy.randomness import SecureRandom
 from tasks.registry import build_model
-from tasks.wire import flatten_update, update_length
+from tasks.wire import flatten_update, unpack_model, update_length
 
 LOSS_CAP = 10.0  # per-example loss is clipped here before an evaluation sum is released
 
@@ -229,7 +229,7 @@ def masked_vector(
     distributed mode, unweighted; under adaptive clipping one more coordinate says whether
     the delta fitted in C (plus its count-noise share), so only the noisy count is revealed.
     """
-    vector = flatten_update(release.model.state_dict(), msg.content["arrays"].to_torch_state_dict())
+    vector = flatten_update(release.model.state_dict(), unpack_model(msg.content["arrays"]))
     if shares is None:
         weight = len(work.data.y_train) if work.site.public_record_count else 1
         return vector, weight
@@ -289,8 +289,7 @@ def global_model(request: SiteRequest, msg: Message, num_features: int, num_clas
     if "arrays" not in msg.content:
         raise malformed("it carries no model")
     try:
-        state = msg.content["arrays"].to_torch_state_dict()
-        model.load_state_dict(state)
+        model.load_state_dict(unpack_model(msg.content["arrays"]))
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise malformed(f"its model does not fit the task's architecture ({exc})") from None
     for tensor in model.state_dict().values():

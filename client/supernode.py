@@ -168,28 +168,6 @@ def keep_roster(state_dir: Path, source: Path) -> None:
         atomic_write_text(target, source.read_text(encoding="utf-8"), mode=0o644)
 
 
-def write_clientapp_launcher(state_dir: Path, python: str) -> Path:
-    """`bin/` in the state dir: the two programs the SuperNode starts by bare name.
-
-    With this directory first on the SuperNode's PATH, `flwr-clientapp` is
-    client/app_process.py, which serves only approved builds with the site's installed code,
-    and `flower-superexec` is Flower's own, bound to the SuperNode's life. Both get SIGKILL
-    when the process that started them dies (cli/processes.py), so a SuperNode killed
-    outright leaves no SuperExec and no ClientApp running with the site's keys and data.
-    Returns the directory.
-    """
-    folder = state_dir / "bin"
-    arm = "from cli.processes import arm_parent_death_signal\n\narm_parent_death_signal()\n"
-    clientapp = f"#!{python}\n{arm}from client.app_process import main\n\nmain()\n"
-    superexec = (
-        f"#!{python}\n{arm}from cli.processes import exec_flower\n\n"
-        'exec_flower("flower-superexec")\n'
-    )
-    atomic_write_text(folder / "flwr-clientapp", clientapp, mode=0o700)
-    atomic_write_text(folder / "flower-superexec", superexec, mode=0o700)
-    return folder
-
-
 def node_config(state_dir: Path) -> dict[str, object]:
     """The node config the ClientApp receives: only where the site's state lives.
 

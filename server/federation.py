@@ -44,7 +44,7 @@ from server.transport import record_transport
 from tasks.evaluation import evaluate
 from tasks.registry import build_model, load_dataset
 from tasks.settings import RunSettings
-from tasks.wire import apply_update, flatten_update, update_length
+from tasks.wire import apply_update, flatten_update, pack_model, unpack_model, update_length
 
 log = getLogger("fedvault.server")
 
@@ -248,7 +248,7 @@ def _rounds(
 
 
 def _train_messages(node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord) -> list:
-    content = RecordDict({"arrays": arrays, "config": config})
+    content = RecordDict({"arrays": pack_model(arrays), "config": config})
     return [Message(content=content, dst_node_id=nid, message_type="train") for nid in node_ids]
 
 
@@ -264,7 +264,7 @@ def _plain_round(
     replies = split_replies(exchange(grid, messages, settings.round_timeout))
     if not replies.ok:
         return TrainOutcome(replies, None)
-    states = [reply.content["arrays"].to_torch_state_dict() for reply in replies.ok]
+    states = [unpack_model(reply.content["arrays"]) for reply in replies.ok]
     weights = [_weight(reply) for reply in replies.ok]
     total = sum(weights)
     mean = {
@@ -404,7 +404,7 @@ def _client_dp_release(
         reporting = outcome.metrics["contributors"]
     else:
         deltas = [
-            flatten_update(reply.content["arrays"].to_torch_state_dict(), state)
+            flatten_update(unpack_model(reply.content["arrays"]), state)
             for reply in outcome.replies.ok
         ]
         clipped_sum, fitted = clip_and_sum(deltas, plan.clip_norm, length)
@@ -482,7 +482,7 @@ def _evaluate_at_sites(
     replies = split_replies(
         exchange(
             grid,
-            strategy.configure_evaluate(server_round, arrays, config, grid),
+            strategy.configure_evaluate(server_round, pack_model(arrays), config, grid),
             float(config["round-timeout"]),
         )
     )

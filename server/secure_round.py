@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 from privacy.secagg import SecAggAbort, SecAggConfig, SecAggServer
 from privacy.secagg import messages as m
 from server.exchange import exchange
-from tasks.wire import protocol_message, protocol_records
+from tasks.wire import pack_model, protocol_message, protocol_records
 
 log = getLogger("fedvault.server")
 
@@ -190,9 +190,10 @@ def _exchange_stage(
 ) -> None:
     """Send the current stage's requests, wait for the replies, hand them to the server."""
     stage = server.stage
+    model = pack_model(arrays) if stage in _CARRIES_MODEL else None
     messages = [
         Message(
-            content=_request_content(stage, request, arrays, train_config),
+            content=_request_content(request, model, train_config),
             dst_node_id=node_id,
             message_type=SECAGG_MESSAGE_TYPE,
         )
@@ -217,11 +218,11 @@ def _take_result(server: SecAggServer, outcome: SecureRound) -> None:
 
 
 def _request_content(
-    stage: str, request: dict, arrays: ArrayRecord, train_config: ConfigRecord
+    request: dict, model: ArrayRecord | None, train_config: ConfigRecord
 ) -> RecordDict:
     content = RecordDict({**protocol_records(request), "config": train_config})
-    if stage in _CARRIES_MODEL:
-        content["arrays"] = arrays
+    if model is not None:
+        content["arrays"] = model
     return content
 
 
@@ -236,7 +237,11 @@ def _protocol_replies(stage: str, replies: object, outcome: SecureRound) -> list
         if "refusal" in reply.content:
             outcome.refusals.append(dict(reply.content["refusal"]))
             continue
-        message = protocol_message(reply.content)
+        try:
+            message = protocol_message(reply.content)
+        except (KeyError, ValueError) as exc:
+            outcome.rejections.append(f"{stage}: node {sender}: malformed reply ({exc})")
+            continue
         if message.get(m.SENDER) != sender:
             reason = f"{stage}: reply from node {sender} claims sender {message.get(m.SENDER)}"
             outcome.rejections.append(reason)

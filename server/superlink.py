@@ -26,6 +26,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -47,6 +48,7 @@ from privacy.certs import (
     verify_tls_server,
 )
 from privacy.errors import FedVaultError
+from server.longpoll import FLEET, PATHS
 
 DEFAULT_PORT = 9443
 DEFAULT_CONTROL_PORT = 9444
@@ -146,11 +148,12 @@ def superlink_command(settings: ServerSettings, executable: str, key_file: Path)
     ]  # fmt: skip
 
 
-def nginx_config(settings: ServerSettings, key_file: Path) -> str:
+def nginx_config(settings: ServerSettings, key_file: Path, sockets: Path) -> str:
     """An nginx config that exposes only the Fleet API of the loopback SuperLink.
 
     `key_file` is the unencrypted server key, which nginx reads once at start (and on a
-    reload, which FedVault never asks for).
+    reload, which FedVault never asks for). Pulls and pushes go to the long-poll process's
+    socket in `sockets` (server/longpoll.py), every other Fleet call to the SuperLink.
     """
     proxy_dir = settings.proxy_dir
     certs = settings.certs
@@ -181,16 +184,20 @@ http {{
         ssl_certificate_key {key_file};
         ssl_protocols TLSv1.2 TLSv1.3;
         client_max_body_size {MAX_REQUEST_BODY};
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_request_buffering off;
+        proxy_max_temp_file_size 0;
+        proxy_read_timeout 300s;
+        proxy_send_timeout 300s;
+        location ~ ^({"|".join(PATHS)})$ {{
+            limit_except POST {{ deny all; }}
+            proxy_pass http://unix:{sockets / FLEET}:;
+        }}
         location ~ {FLEET_LOCATION} {{
             limit_except POST {{ deny all; }}
             proxy_pass https://superlink$uri;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_request_buffering off;
-            proxy_max_temp_file_size 0;
-            proxy_read_timeout 300s;
-            proxy_send_timeout 300s;
             proxy_ssl_trusted_certificate {certs.ca_cert};
             proxy_ssl_verify on;
             proxy_ssl_name localhost;
@@ -204,14 +211,30 @@ http {{
 """
 
 
-def nginx_command(settings: ServerSettings, key_file: Path) -> list[str]:
+def longpoll_command(settings: ServerSettings, sockets: Path) -> list[str]:
+    """The long-poll process beside the proxy, with its sockets in `sockets`.
+
+    nginx started as root runs its workers as an unprivileged user, so `sockets` becomes
+    0711 (enter, not list) for them to reach the two sockets they use
+    (server/longpoll.py); the ServerApp's sockets there stay the owner's alone.
+    """
+    sockets.chmod(0o711)
+    return [
+        sys.executable, "-m", "server.longpoll",
+        "--upstream", settings.control_address,
+        "--ca", str(settings.certs.ca_cert),
+        "--sockets", str(sockets),
+    ]  # fmt: skip
+
+
+def nginx_command(settings: ServerSettings, key_file: Path, sockets: Path) -> list[str]:
     """Write the proxy config under the state dir; the nginx command line that uses it."""
     nginx = shutil.which("nginx", path=_nginx_search_path())
     if nginx is None:
         raise FedVaultError("nginx not found: install it (Debian: apt-get install nginx)")
     (settings.proxy_dir / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
     config = settings.proxy_dir / "nginx.conf"
-    atomic_write_text(config, nginx_config(settings, key_file), mode=0o600)
+    atomic_write_text(config, nginx_config(settings, key_file, sockets), mode=0o600)
     return [nginx, "-p", str(settings.proxy_dir), "-c", str(config), "-g", "daemon off;"]
 
 

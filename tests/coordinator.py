@@ -27,6 +27,7 @@ from privacy.secagg import SecAggServer
 from simulations.identities import give_identities
 from tasks.registry import build_model
 from tasks.settings import RunSettings
+from tasks.wire import pack_model, unpack_model
 
 SMALL_TASK = {"task.name": "mnist1d", "task.num-train": 1200, "task.num-test": 300}
 
@@ -97,9 +98,10 @@ def run_config(sites_root: Path, **overrides: object) -> dict:
 
 
 def initial_arrays(config: dict, seed: int = 0) -> ArrayRecord:
+    """A model for the task, as the server puts it on the wire."""
     settings = RunSettings.from_config({k: v for k, v in config.items() if k != "server-round"})
     torch.manual_seed(seed)
-    return ArrayRecord(build_model(settings.task.name, 40, 10, private=settings.dp).state_dict())
+    return pack_model(build_model(settings.task.name, 40, 10, private=settings.dp).state_dict())
 
 
 def message(
@@ -144,7 +146,7 @@ def refusal(reply: Message) -> dict | None:
 
 
 def flat_weights(arrays: ArrayRecord) -> np.ndarray:
-    state = arrays.to_torch_state_dict()
+    state = unpack_model(arrays)
     return np.concatenate([v.double().reshape(-1).numpy() for v in state.values()])
 
 
@@ -166,7 +168,7 @@ def secure_round(
 
     give_identities({f"site-{site.index}": site.state_dir for site in sites})
     by_id = {site.node_id: site for site in sites}
-    length = update_length(arrays.to_torch_state_dict()) + extra_coordinates
+    length = update_length(unpack_model(arrays)) + extra_coordinates
     server = SecAggServer(SecAggConfig(), session, sorted(by_id), length)
     masked, replayed = [], []
     while not server.done:

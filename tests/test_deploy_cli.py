@@ -490,15 +490,26 @@ def test_server_start_errors_name_the_problem(pki, tmp_path):
 def test_proxy_config_forwards_only_fleet_posts(pki, tmp_path):
     certs = check_server_certificates(pki / "certs")
     settings = ServerSettings(certs, tmp_path / "s", "0.0.0.0", 9443, 9444)
-    config = nginx_config(settings, tmp_path / "decrypted" / "server.key")
+    config = nginx_config(settings, tmp_path / "decrypted" / "server.key", tmp_path / "sockets")
     assert f"ssl_certificate_key {tmp_path / 'decrypted' / 'server.key'};" in config
     assert "listen 0.0.0.0:9443 ssl;" in config
     assert "server 127.0.0.1:9444;" in config
-    assert "location ~ ^/v1/fleet/[a-z-]+$" in config
     assert "limit_except POST { deny all; }" in config
     assert "proxy_ssl_verify on;" in config
     assert "location / {\n            return 403;" in config
-    assert config.count("proxy_pass") == 1
+    # Pulls and pushes go to the long-poll process, the rest of Fleet to the SuperLink; nginx
+    # takes the first regular expression that matches, so the long-poll one comes first.
+    longpoll = (
+        "location ~ ^(/v1/fleet/pull-messages|/v1/fleet/push-messages|/v1/fleet/push-object)$"
+    )
+    fleet = "location ~ ^/v1/fleet/[a-z-]+$"
+    assert config.index(longpoll) < config.index(fleet)
+    assert f"proxy_pass http://unix:{tmp_path / 'sockets' / 'fleet.sock'}:;" in config
+    assert config.count("proxy_pass") == 2
+    # nginx's unprivileged workers could not write a request body to the root-owned temp
+    # dir: bodies are streamed, in every location (set once, for the whole server)
+    assert config.count("proxy_request_buffering off;") == 1
+    assert config.index("proxy_request_buffering off;") < config.index(longpoll)
 
 
 def test_site_settings_persist_and_command_line_wins(pki, tmp_path):

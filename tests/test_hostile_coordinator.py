@@ -27,12 +27,14 @@ from coordinator import (
     secure_round,
     train_request,
 )
+from flwr.app import Array, ArrayRecord
 
 from client.budget import ledger_path_for
 from client.site import resolve_site
 from privacy.accounting import PrivacyEvent, compute_epsilon
 from privacy.dp_ledger import Reservation, commit, reserve
 from privacy.ledger import Ledger
+from tasks.wire import PACKED, pack_model, unpack_model
 
 
 @pytest.fixture
@@ -145,7 +147,15 @@ def test_replayed_and_out_of_order_train_requests_spend_nothing(site):
 
 @pytest.mark.parametrize(
     "tamper",
-    ["no-config", "round-beyond-the-run", "round-not-a-number", "wrong-model", "nan-model"],
+    [
+        "no-config",
+        "round-beyond-the-run",
+        "round-not-a-number",
+        "wrong-model",
+        "nan-model",
+        "unpacked-model",
+        "garbage-model",
+    ],
 )
 def test_malformed_requests_are_refused_before_any_spending(site, tamper):
     config = run_config(site.root)
@@ -155,14 +165,18 @@ def test_malformed_requests_are_refused_before_any_spending(site, tamper):
     elif tamper == "round-not-a-number":
         config["server-round"] = "2"
     elif tamper == "wrong-model":
-        state = arrays.to_torch_state_dict()
+        state = unpack_model(arrays)
         state[next(iter(state))] = torch.zeros(3)
-        arrays = type(arrays)(state)
+        arrays = pack_model(state)
     elif tamper == "nan-model":
-        state = arrays.to_torch_state_dict()
+        state = unpack_model(arrays)
         first = next(iter(state))
         state[first] = torch.full_like(state[first], float("nan"))
-        arrays = type(arrays)(state)
+        arrays = pack_model(state)
+    elif tamper == "unpacked-model":  # Flower's own layout, one Array per tensor
+        arrays = ArrayRecord(unpack_model(arrays))
+    elif tamper == "garbage-model":
+        arrays = ArrayRecord({PACKED: Array(np.frombuffer(b"\xff" * 64, dtype=np.uint8))})
     msg = message("train", config, 1, site.node_id, arrays)
     if tamper == "no-config":
         del msg.content["config"]

@@ -21,7 +21,7 @@ from privacy.secagg import messages as m
 from simulations.runner import OFFLINE_ENV, prepare_run
 from simulations.scenario import Scenario
 from tasks.registry import build_model
-from tasks.wire import protocol_message, protocol_records, update_length
+from tasks.wire import pack_model, protocol_message, protocol_records, update_length
 
 SITES = 4
 RUN = {
@@ -148,7 +148,7 @@ def test_an_active_server_gets_nothing_from_real_sites(tmp_path, monkeypatch):
         while len(nodes := sorted(grid.get_node_ids())) < SITES:
             time.sleep(0.1)
         model = build_model("mnist1d", 40, 10, private=True)
-        arrays = ArrayRecord(model.state_dict())
+        arrays = pack_model(model.state_dict())
         hostile = Hostile(grid, settings.to_config(), arrays)
         length = update_length(model.state_dict())
         outcome["keys"] = key_substitution(hostile, nodes, length)

@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import ConfigRecord
 from flwr.common import serde
 
 from privacy.errors import FedVaultError
@@ -20,6 +20,7 @@ from privacy.secagg import (
 from privacy.secagg import messages as m
 from privacy.secagg.graph import neighbour_graph
 from privacy.secagg.local import local_identities, run_round
+from tasks.wire import pack, unpack
 
 D = 300
 
@@ -150,9 +151,8 @@ def _through_flower_records(msg: dict) -> dict:
     config = ConfigRecord({k: v for k, v in msg.items() if k not in arrays})
     out = dict(serde.config_record_from_proto(serde.config_record_to_proto(config)))
     if arrays:
-        record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-        back = serde.array_record_from_proto(serde.array_record_to_proto(record))
-        out.update({k: back[k].numpy() for k in arrays})
+        back = serde.array_record_from_proto(serde.array_record_to_proto(pack(arrays)))
+        out.update(unpack(back))
     return out
 
 

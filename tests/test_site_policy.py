@@ -66,6 +66,21 @@ def test_a_person_entered_twice_trains_as_one_record(tmp_path):
     assert report["release"] == "pseudonymized"
 
 
+def test_a_table_edited_while_the_site_runs_is_read_afresh(tmp_path):
+    """A deployed site's ClientApp process outlives runs; it must not train on a stale copy."""
+    from client.data import prepare
+
+    table = generate_clinic(PATIENTS, 5).astype(str)
+    task, site = write_site(tmp_path, table, '[cleaning]\nduplicates = "drop"\n')
+    request = SimpleNamespace(settings=SimpleNamespace(task=task, partition="iid"))
+    before = prepare(request, site)
+    grown = pd.concat([table, generate_clinic(100, 6).astype(str)], ignore_index=True)
+    grown.to_csv(site.data_path, index=False)
+    after = prepare(request, site)
+    total = len(after.data.y_train) + len(after.data.y_val)
+    assert total == PATIENTS + 100 and len(before.data.y_train) < len(after.data.y_train)
+
+
 def test_a_declared_bound_keeps_at_most_that_many_records_per_person(tmp_path):
     table = patients_entered_twice(10)
     third = table.iloc[:10].assign(systolic_bp="160")  # the same 10 patients a third time

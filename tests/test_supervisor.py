@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from orphans import outlives_its_parent
 
 from cli import processes
 from cli.processes import Supervisor
@@ -63,7 +64,6 @@ def test_child_that_recovers_within_the_grace_is_ready(monkeypatch):
 
 def test_a_program_flower_starts_dies_with_the_process_that_started_it(tmp_path):
     """What the site's bin/ launchers arm: a SuperExec outlives no killed SuperNode."""
-    import signal
     import subprocess
 
     pid_file = tmp_path / "grandchild.pid"
@@ -86,16 +86,7 @@ def test_a_program_flower_starts_dies_with_the_process_that_started_it(tmp_path)
         deadline = time.monotonic() + 60
         while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        pid = int(pid_file.read_text())
-        start = processes._proc_stat(pid)[2]
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while processes.alive(pid, start) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = processes.alive(pid, start)
-        if left:
-            os.kill(pid, signal.SIGKILL)
+        left = outlives_its_parent(int(pid_file.read_text()), parent)
         assert not left, "the grandchild outlived the process that started it"
     finally:
         parent.kill()
