@@ -34,6 +34,11 @@ log = logging.getLogger("fedvault.client")
 
 PULL_BACKOFF_S = (0.02, 0.5)
 """First and longest wait before looking again for a part of the message (Flower: 1, 10)."""
+PULL_MAX_S = 60.0
+"""How long a task waits for the parts of its message (Flower: 2 hours). The SuperNode hands
+out a task before it has pulled the message's parts, and keeps a task whose parts it never
+got (a run the coordinator ended meanwhile, as after a server restart); the site's one
+ClientApp process must not spend hours on it while the next task waits."""
 
 
 def run_task(argv: list[str]) -> int:
@@ -161,6 +166,7 @@ def pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
         return_type=Message,
         initial_backoff=first,
         backoff_cap=longest,
+        max_time=PULL_MAX_S,
     )
     message.metadata.__dict__["_message_id"] = tree.object_id
     return message, context, run_from_proto(task.run), fab_from_proto(task.fab)
