@@ -9,7 +9,8 @@ floor and budget at setup (declining before it joins), validates the masked-inpu
 (or, in a multi-step session of distributed DP-SGD, the step request) before it spends
 anything, then trains and sends only its masked update.
 Evaluation requests are refused unless the site allows them, and then answered with
-DP-noised sums whose cost is in the ledger.
+DP-noised sums whose cost is in the ledger. Requests arrive sealed and replies leave sealed
+(tasks/wire.py, `sealed_records`); a request whose records do not open is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from logging import getLogger
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 
 from client.budget import SiteBudget
 from client.data import prepare, training_records
@@ -29,6 +31,7 @@ from client.request import (
     SECURE_TRAIN,
     SiteRequest,
     check_floor,
+    malformed,
     read_request,
     read_settings,
 )
@@ -38,12 +41,29 @@ from privacy.errors import FedVaultError
 from privacy.secagg import SecAggClient, SecAggProtocolError
 from privacy.secagg import messages as m
 from privacy.secagg.config import RoundParams
-from tasks.wire import pack_model, protocol_message, protocol_records
+from tasks.wire import pack_model, protocol_message, protocol_records, seal, unseal
 
-app = ClientApp()
 log = getLogger("fedvault.client")
 
 SECAGG_STATE = "secagg-client"
+
+
+def sealed_records(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Open the request's records for the handlers and seal the reply's."""
+    try:
+        msg.content = unseal(msg.content)
+    except ValueError as exc:
+        refusal = malformed(str(exc))
+        log.warning("refused a request: %s", refusal)
+        reply = _refusal_reply(msg, refusal)
+    else:
+        reply = call_next(msg, context)
+    if reply.has_content():
+        reply.content = seal(reply.content)
+    return reply
+
+
+app = ClientApp(mods=[sealed_records])
 
 
 @app.train()

@@ -27,7 +27,7 @@ from privacy.secagg import SecAggServer
 from simulations.identities import give_identities
 from tasks.registry import build_model
 from tasks.settings import RunSettings
-from tasks.wire import pack_model, unpack_model
+from tasks.wire import pack_model, seal, unpack_model, unseal
 
 SMALL_TASK = {"task.name": "mnist1d", "task.num-train": 1200, "task.num-test": 300}
 
@@ -64,8 +64,13 @@ class Site:
         )
 
     def ask(self, message: Message, run_id: int) -> Message:
-        """Deliver `message` to the site's ClientApp, as Flower's runtime does."""
-        return site_app(message, self.context(run_id))
+        """Deliver `message` to the site's ClientApp, sealed as the server sends every
+        message, as Flower's runtime does; the reply opened, as the server opens it."""
+        message.content = seal(message.content)
+        reply = site_app(message, self.context(run_id))
+        if reply.has_content():
+            reply.content = unseal(reply.content)
+        return reply
 
     def ledger_rows(self, kind: str | None = None) -> list[dict]:
         """The site's ledger rows, read with plain sqlite3 (not through FedVault)."""

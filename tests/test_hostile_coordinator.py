@@ -27,14 +27,15 @@ from coordinator import (
     secure_round,
     train_request,
 )
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from client.app import app as site_app
 from client.budget import ledger_path_for
 from client.site import resolve_site
 from privacy.accounting import PrivacyEvent, compute_epsilon
 from privacy.dp_ledger import Reservation, commit, reserve
 from privacy.ledger import Ledger
-from tasks.wire import PACKED, pack_model, unpack_model
+from tasks.wire import PACKED, SEALED, pack_model, seal, unpack_model, unseal
 
 
 @pytest.fixture
@@ -184,6 +185,26 @@ def test_malformed_requests_are_refused_before_any_spending(site, tamper):
     assert record["reason"] == "malformed-request"
     if tamper != "no-config":
         assert spent(site) == []
+
+
+@pytest.mark.parametrize("envelope", ["not-sealed", "garbage", "config-outside", "model-twice"])
+def test_requests_whose_records_do_not_open_are_refused_before_any_spending(site, envelope):
+    """The site opens what the coordinator sealed itself, and answers nothing else."""
+    config = run_config(site.root)
+    msg = message("train", config, 1, site.node_id, initial_arrays(config))
+    sealed = seal(msg.content)
+    msg.content = {
+        "not-sealed": lambda: msg.content,
+        "garbage": lambda: RecordDict({SEALED: ConfigRecord({"c:config": b"\xff" * 32})}),
+        "config-outside": lambda: RecordDict({**sealed, "config": ConfigRecord(config)}),
+        "model-twice": lambda: RecordDict({**sealed, "arrays": initial_arrays(config)}),
+    }[envelope]()
+    reply = site_app(msg, site.context(1))
+    assert not reply.has_error()
+    assert dict(unseal(reply.content)["refusal"])["reason"] == "malformed-request"
+    assert spent(site) == []
+    assert refusal(train_request(site, config)) is None  # sealed, the same request is served
+    assert len(spent(site)) == 1
 
 
 def test_crafted_evaluation_models_get_nothing_by_default_and_noise_when_allowed(site):

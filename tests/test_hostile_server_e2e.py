@@ -21,7 +21,14 @@ from privacy.secagg import messages as m
 from simulations.runner import OFFLINE_ENV, prepare_run
 from simulations.scenario import Scenario
 from tasks.registry import build_model
-from tasks.wire import pack_model, protocol_message, protocol_records, update_length
+from tasks.wire import (
+    pack_model,
+    protocol_message,
+    protocol_records,
+    seal,
+    unseal,
+    update_length,
+)
 
 SITES = 4
 RUN = {
@@ -49,13 +56,17 @@ class Hostile:
             content = RecordDict({**protocol_records(request), "config": config})
             if request[m.STAGE] == m.MASKED_INPUT:
                 content["arrays"] = self.arrays
-            messages.append(Message(content=content, dst_node_id=node, message_type="train.secagg"))
+            messages.append(
+                Message(content=seal(content), dst_node_id=node, message_type="train.secagg")
+            )
         replies = {}
         for reply in self.grid.send_and_receive(messages, timeout=120):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 replies[node] = {"error": reply.error.reason}
-            elif "refusal" in reply.content:
+                continue
+            reply.content = unseal(reply.content)
+            if "refusal" in reply.content:
                 replies[node] = {"refusal": dict(reply.content["refusal"])}
             else:
                 replies[node] = protocol_message(reply.content)

@@ -3,18 +3,23 @@ import json
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
 from tasks.models import CNN1D
 from tasks.wire import (
+    INLINE_MAX_BYTES,
     ORDER,
     PACKED,
+    SEALED,
     apply_update,
     flatten_update,
     pack,
     pack_model,
+    protocol_records,
+    seal,
     unpack,
     unpack_model,
+    unseal,
     update_length,
 )
 
@@ -98,3 +103,80 @@ def reordered(state, order) -> ArrayRecord:
     arrays = {name: tensor.numpy() for name, tensor in state.items()}
     data = save(arrays, metadata={ORDER: json.dumps(order(list(arrays)))})
     return ArrayRecord({PACKED: Array(np.frombuffer(data, dtype=np.uint8))})
+
+
+def sealed_message_objects(content) -> int:
+    from flwr.app import RecordDict
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    return len(get_all_nested_objects(RecordDict(seal(content))))
+
+
+def test_sealed_records_open_as_the_records_sealed_in_one_object():
+    """Every object is a request at every hop of a deployment: a stage moves one, not six."""
+    from flwr.app import RecordDict
+
+    content = RecordDict(
+        {
+            **protocol_records({"stage": "share-keys", "ids": [3, 4], "keys": np.arange(4)}),
+            "config": ConfigRecord({"lr": 0.1, "name": "x", "blob": b"\x00\xff", "on": True}),
+            "metrics": MetricRecord({"count": 3, "loss": [0.5, 0.25]}),
+            "arrays": pack_model(CNN1D().state_dict()),
+        }
+    )
+    sealed = seal(content)
+    assert list(sealed.keys()) == [SEALED]
+    assert sealed_message_objects(content) == 2  # the content and its one record
+    opened = unseal(sealed)
+    assert list(opened.keys()) == list(content.keys())
+    for name, record in content.items():
+        assert type(opened[name]) is type(record)
+        if isinstance(record, ArrayRecord):
+            assert list(unpack(opened[name])) == list(unpack(record))
+        else:
+            assert dict(opened[name]) == dict(record)
+
+
+def test_a_large_array_record_stays_an_object_of_its_own():
+    """Flower chunks it, and sends one object shared by several messages only once."""
+    from flwr.app import RecordDict
+
+    big = pack({"w": np.arange(INLINE_MAX_BYTES // 8 + 1, dtype=np.float64)})
+    small = pack({"w": np.arange(8.0)})
+    content = RecordDict({"arrays": big, "mask": small, "config": ConfigRecord({"a": 1})})
+    sealed = seal(content)
+    assert sorted(sealed.keys()) == ["arrays", SEALED]
+    assert sealed["arrays"] is big
+    opened = unseal(sealed)
+    assert np.array_equal(unpack(opened["arrays"])["w"], unpack(big)["w"])
+    assert np.array_equal(unpack(opened["mask"])["w"], np.arange(8.0))
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (lambda: {"config": ConfigRecord({"a": 1})}, "not sealed"),
+        (lambda: {SEALED: ConfigRecord({"config": b"x"})}, "is not a record"),
+        (lambda: {SEALED: ConfigRecord({"c:config": 7})}, "is not a record"),
+        (lambda: {SEALED: ConfigRecord({"x:config": b"x"})}, "is not a record"),
+        (lambda: {SEALED: ConfigRecord({"c:config": b"\xff" * 40})}, "does not open"),
+        (lambda: {SEALED: ConfigRecord({"c:config": b"ConfigRecord  9\x00\xff\xff"})}, "open"),
+        (  # a MetricRecord's bytes where a ConfigRecord was said to be
+            lambda: {SEALED: ConfigRecord({"c:m": MetricRecord({"a": 1}).deflate()})},
+            "does not open",
+        ),
+        (
+            lambda: {SEALED: ConfigRecord({}), "config": ConfigRecord({"a": 1})},
+            "outside the seal",
+        ),
+        (
+            lambda: {SEALED: ConfigRecord({"a:arrays": b"x"}), "arrays": pack({"w": np.ones(2)})},
+            "outside the seal",
+        ),
+    ],
+)
+def test_records_that_do_not_open_are_a_value_error(content, problem):
+    from flwr.app import RecordDict
+
+    with pytest.raises(ValueError, match=problem):
+        unseal(RecordDict(content()))
