@@ -220,8 +220,8 @@ def _start_ray(cluster: RayCluster) -> dict[str, float]:
         "logging_level": logging.WARNING,
         "runtime_env": {"env_vars": dict(OFFLINE_ENV)},
     }
-    if cluster.address is None:
-        ray.init(num_cpus=os.cpu_count() or 1, **options)
+    if cluster.address is None:  # "local": a new instance, whatever RAY_ADDRESS or `ray start` say
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, **options)
         where = "this machine"
     else:
         if cluster.address != "auto":

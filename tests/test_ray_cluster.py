@@ -151,6 +151,19 @@ def test_simulated_sites_run_on_both_nodes_of_a_ray_cluster(cluster, tmp_path):
     assert sum(calls.values()) >= 16, calls
 
 
+def test_without_an_address_a_run_starts_its_own_ray_whatever_the_environment_names(
+    cluster, tmp_path, monkeypatch
+):
+    """Ray would join the cluster RAY_ADDRESS (or the last `ray start`) names, and refuse
+    the run's core count there; a run without --ray-address never joins anything."""
+    monkeypatch.setenv("RAY_ADDRESS", cluster)
+    before = client_app_calls_by_node(cluster)
+    out = tmp_path / "run"
+    scenario = Scenario("local", run=dict(TINY), num_sites=2, sites=NON_PRIVATE)
+    assert simulate(scenario, out, cluster=RayCluster())["sites-trained"] == 2
+    assert client_app_calls_by_node(cluster) == before
+
+
 TINY_FLAGS = (
     "--clients", "2", "--rounds", "1",
     "--set", "task.num-train=1200", "--set", "task.num-test=300",
