@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/fedvault simulate
 
+# Two workers, a test file each at a time: most end-to-end tests wait on processes, not on a core.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
