@@ -62,9 +62,9 @@ def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
-    if list(record.keys()) != [PACKED]:
-        raise ValueError(f"expected one packed array, got {sorted(record.keys())}")
-    data = record[PACKED].numpy().tobytes()
+    data = _packed_bytes(record)
+    if data is None:
+        raise ValueError(f"expected one packed array of bytes, got {sorted(record.keys())}")
     try:
         arrays = load(data)
         (size,) = struct.unpack_from("<Q", data)  # the header, which load has just checked
