@@ -197,7 +197,7 @@ def _rounds(
             outcome = _plain_round(grid, node_ids, arrays, train_config, settings)
         replies = outcome.replies
         _record_privacy(ledger, server_round, replies)
-        _check_round(server_round, replies, outcome.metrics)
+        _check_round(server_round, len(node_ids), replies, outcome.metrics)
         metrics = {
             "round": server_round,
             "sites-trained": len(replies.ok),
@@ -454,10 +454,17 @@ def _as_reply(state: dict, weight: int) -> Message:
     return Message(content=content, dst_node_id=0, message_type="train")
 
 
-def _check_round(server_round: int, replies: RoundReplies, secure: dict) -> None:
-    """Fail loudly when every site failed: that is a bug or an outage, not a dropout."""
+def _check_round(server_round: int, asked: int, replies: RoundReplies, secure: dict) -> None:
+    """Fail loudly when every site failed: that is a bug or an outage, not a dropout.
+
+    A Poisson sample of sites can be empty. That round is not a failure: the accounting
+    counts it like any other, and the release is noise alone.
+    """
     for failure in replies.failures:
         log.warning("round %s: %s", server_round, failure)
+    if not asked:
+        log.warning("round %s: no site was sampled", server_round)
+        return
     if replies.ok or replies.refusals or (secure and secure["sampled"] > len(replies.failures)):
         return
     raise FedVaultError(

@@ -103,6 +103,27 @@ def test_client_epsilon_with_poisson_sampling_matches_dp_accounting(tmp_path):
     assert_epsilons_match_dp_accounting(rows)
 
 
+@pytest.mark.parametrize("secagg", [False, True])
+def test_a_round_whose_poisson_sample_is_empty_releases_noise_and_is_accounted(tmp_path, secagg):
+    """At q = 1e-9 no site is sampled (odds 3e-9 a round): the run goes on, noise alone."""
+    settings = {
+        "num-rounds": 2,
+        "secagg": secagg,
+        "client-dp-noise": 1.0,
+        "client-sampling": "poisson",
+        "client-sampling-rate": 1e-9,
+    }
+    out = run(tmp_path, "empty", sites=3, **settings)
+    rows = ledger_rows(out, "client_dp_round")
+    assert [r["round"] for r in rows] == [1, 2]
+    assert_epsilons_match_dp_accounting(rows)
+    rounds = json.loads((out / "metrics.json").read_text())
+    assert [r.get("sites-trained") for r in rounds[1:]] == [0, 0]
+    assert not ledger_rows(out, "site_round")  # no site trained or spent anything
+    accuracies = [r["test-accuracy"] for r in rounds]
+    assert len(set(accuracies)) > 1  # the released noise moved the model
+
+
 def test_run_stops_before_the_release_that_would_pass_the_max(tmp_path):
     settings = {"client-dp-noise": 2.0, "client-sampling": "fixed", "secagg": False}
     two_rounds = ClientLevelDp(RunSettings(client_dp=True, client_dp_noise=2.0))
