@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +39,7 @@ from client.supernode import (
     DEFAULT_CLIENT_PORT,
     DEFAULT_THREADS,
     REJECTED_MARKS,
+    SiteSettings,
     keep_roster,
     resolve_site_settings,
     site_roster,
@@ -51,6 +54,12 @@ from privacy.errors import FedVaultError
 from privacy.keystore import find_passphrase, load_secret, passphrase_env
 
 CONNECT_TIMEOUT_S = 600.0
+REJOIN_GRACE_S = 30.0
+"""How long a key refused after a server restart may still be a server mid-start."""
+REJOIN_PAUSE_S = 2.0
+MAX_REJOINS = 5
+REJOIN_WINDOW_S = 600.0
+"""A SuperNode that stops more than MAX_REJOINS times in this window is failing."""
 SITE_FLAGS = (
     "data-path",
     "policy-path",
@@ -71,10 +80,14 @@ SITE_FLAGS = (
 )
 
 
+class KeyRejected(FedVaultError):
+    """The server does not know this site's key (not registered, or unregistered)."""
+
+
 def _rejected(fingerprint: str) -> Callable[[Child], FedVaultError]:
     def explain(child: Child) -> FedVaultError:
         if any(mark in line for line in child.output() for mark in REJECTED_MARKS):
-            return FedVaultError(
+            return KeyRejected(
                 f"the server rejected this site's key {fingerprint}: ask the coordinator to "
                 "register it (`fedvault register KEY.pub --name SITE`)"
             )
@@ -83,6 +96,92 @@ def _rejected(fingerprint: str) -> Callable[[Child], FedVaultError]:
         )
 
     return explain
+
+
+class SiteNode:
+    """The site's SuperNode, started again whenever it stops after having connected.
+
+    The server keeps no state across its restarts but its registry (server/superlink.py
+    `reregister_sites`): a restarted server knows the site's key again, under a new node id,
+    and answers the old SuperNode "unauthorized", upon which Flower's SuperNode stops
+    itself. So a SuperNode that stops is started again with the same key; one whose key is
+    still refused REJOIN_GRACE_S later has been unregistered, and the site stops.
+    """
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        settings: SiteSettings,
+        env: dict[str, str],
+        node_config: Path,
+        key_file: Callable[[], Path],
+        fingerprint: str,
+        timeout: float,
+    ) -> None:
+        self.supervisor = supervisor
+        self.settings = settings
+        self.env = env
+        self.node_config = node_config
+        self.key_file = key_file
+        self.fingerprint = fingerprint
+        self.timeout = timeout
+        self.child: Child | None = None
+        self.rejoins: deque[float] = deque(maxlen=MAX_REJOINS)
+
+    def start(self) -> None:
+        """Start the SuperNode and wait until it is connected (a FedVaultError if not)."""
+        settings, supervisor = self.settings, self.supervisor
+        command = supernode_command(
+            settings, self.node_config, executable("flower-supernode"), self.key_file()
+        )
+        node = self.child = supervisor.start("supernode", command, self.env)
+        # Flower reads the key once, while parsing its arguments, before it opens its local
+        # ClientApp API port; it keeps the key in memory across reconnections.
+        supervisor.wait_until(
+            node,
+            lambda: listening("127.0.0.1", settings.port),
+            self.timeout,
+            f"its local ClientApp API on port {settings.port}",
+            on_exit=_rejected(self.fingerprint),
+        )
+        supervisor.remove_key_files()
+        supervisor.wait_until(
+            node,
+            lambda: any(CONNECTED_MARK in line for line in node.output()),
+            self.timeout,
+            f"connection to the server at {settings.server}",
+            on_exit=_rejected(self.fingerprint),
+        )
+
+    def rejoin(self) -> None:
+        """Start a SuperNode again after the connected one stopped."""
+        assert self.child is not None
+        now = time.monotonic()
+        if len(self.rejoins) == MAX_REJOINS and now - self.rejoins[0] < REJOIN_WINDOW_S:
+            raise FedVaultError(
+                f"flower-supernode stopped {MAX_REJOINS + 1} times within "
+                f"{REJOIN_WINDOW_S:.0f} s: {self.child.last_lines(3)}"
+            )
+        self.rejoins.append(now)
+        print(
+            f"fedvault: flower-supernode stopped (status {self.child.exited()}); connecting "
+            "again (a restarted server knows this site under a new node id)",
+            flush=True,
+        )
+        self.supervisor.forget(self.child)
+        refused_since = None
+        while True:
+            try:
+                self.start()
+                break
+            except KeyRejected:
+                assert self.child is not None
+                self.supervisor.forget(self.child)
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since > REJOIN_GRACE_S:
+                    raise
+                time.sleep(REJOIN_PAUSE_S)
+        print(f"fedvault: site connected again to {self.settings.server}", flush=True)
 
 
 def _raw_secrets(state_dir: Path) -> list[tuple[Path, str]]:
@@ -139,28 +238,18 @@ def _client(args: argparse.Namespace) -> int:
         )
         launchers = write_launchers(state_dir, sys.executable, tasks)
         env["PATH"] = os.pathsep.join([str(launchers), env["PATH"]])
-        key_file = supervisor.key_file(
-            Path(settings.key), "node key", passphrase, PrivateFormat.OpenSSH, state_dir
-        )
-        command = supernode_command(settings, node_config, executable("flower-supernode"), key_file)
-        node = supervisor.start("supernode", command, env)
-        # Flower reads the key once, while parsing its arguments, before it opens its local
-        # ClientApp API port; it keeps the key in memory across reconnections.
-        supervisor.wait_until(
-            node,
-            lambda: listening("127.0.0.1", settings.port),
+        node = SiteNode(
+            supervisor,
+            settings,
+            env,
+            node_config,
+            lambda: supervisor.key_file(
+                Path(settings.key), "node key", passphrase, PrivateFormat.OpenSSH, state_dir
+            ),
+            fingerprint,
             args.connect_timeout,
-            f"its local ClientApp API on port {settings.port}",
-            on_exit=_rejected(fingerprint),
         )
-        supervisor.remove_key_files()
-        supervisor.wait_until(
-            node,
-            lambda: any(CONNECTED_MARK in line for line in node.output()),
-            args.connect_timeout,
-            f"connection to the server at {settings.server}",
-            on_exit=_rejected(fingerprint),
-        )
+        node.start()
         supervisor.wait_until(  # it imported its modules while the SuperNode connected
             clientapp, lambda: accepting(tasks), args.connect_timeout, "its ClientApp process"
         )
@@ -169,7 +258,8 @@ def _client(args: argparse.Namespace) -> int:
             f"{fingerprint}; {len(approved)} approved app build(s). Stop with Ctrl-C.",
             flush=True,
         )
-        exited = supervisor.wait_for_exit_or_signal()
+        while (exited := supervisor.wait_for_exit_or_signal()) is node.child:
+            node.rejoin()
         if exited is not None:
             print(
                 f"fedvault: error: {exited.name} exited with status {exited.exited()}",

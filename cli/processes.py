@@ -347,6 +347,12 @@ class Supervisor:
         child.pump.start()
         return child
 
+    def forget(self, child: Child) -> None:
+        """Stop watching `child`, which has exited (to start its like again)."""
+        self.children.remove(child)
+        if child.pump is not None:
+            child.pump.join(timeout=2)
+
     def wait_until(
         self,
         child: Child,

@@ -29,6 +29,7 @@ from server.superlink import (
     prepare_server,
     proxy_ready,
     register_site,
+    reregister_sites,
     superlink_command,
     superlink_ready,
     transport_record,
@@ -81,6 +82,9 @@ def _server(args: argparse.Namespace) -> int:
         supervisor.wait_until(
             superlink, lambda: superlink_ready(settings), args.ready_timeout, "readiness"
         )
+        sites = reregister_sites(settings, executable("flwr"), flower_env())
+        if sites:
+            print(f"fedvault: sites registered: {', '.join(sites)}", flush=True)
         if settings.proxy:
             longpoll = supervisor.start("long-poll", longpoll_command(settings, sockets), proxy_env)
             supervisor.wait_until(
@@ -160,10 +164,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     server = subparsers.add_parser(
         "server",
         help="run the coordinator: Flower SuperLink behind a Fleet-only TLS proxy",
-        description="Start flower-superlink with TLS, SuperNode authentication, a persistent "
-        "database (STATE_DIR/superlink.db) and no runtime dependency installation, bound to "
-        "127.0.0.1:CONTROL_PORT only. Sites connect to HOST:PORT, served by nginx, which "
-        "forwards nothing but the Fleet API: run submission and node registration are "
+        description="Start flower-superlink with TLS, SuperNode authentication, in-memory "
+        "state and no runtime dependency installation, bound to 127.0.0.1:CONTROL_PORT "
+        "only. Every site in STATE_DIR/sites.toml is registered again at each start. Sites "
+        "connect to HOST:PORT, served by nginx, which forwards nothing but the Fleet API: "
+        "run submission and node registration are "
         "possible only from this machine. Streams the logs; Ctrl-C or SIGTERM stops "
         "everything it started.",
     )

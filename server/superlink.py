@@ -18,6 +18,7 @@ throwaway `FLWR_HOME` that names only this SuperLink.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -61,6 +62,8 @@ SITES_RECORD = "sites.toml"
 CONNECTION = "fedvault"
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 FLWR_TIMEOUT_S = 120
+IN_MEMORY_STATE = ":flwr-in-memory:"
+"""Flower's name for its in-memory SuperLink state (`flwr.supercore.constant`)."""
 
 
 @dataclass(frozen=True)
@@ -129,10 +132,13 @@ def _nginx_search_path() -> str:
 
 
 def superlink_command(settings: ServerSettings, executable: str, key_file: Path) -> list[str]:
-    """`flower-superlink` with TLS, node authentication, a database, loopback only.
+    """`flower-superlink` with TLS, node authentication, in-memory state, loopback only.
 
     `key_file` is the server key as the SuperLink can read it: unencrypted (a decrypted copy
-    of an encrypted server.key, see cli/processes.py).
+    of an encrypted server.key, see cli/processes.py). Flower's SQL state costs every Fleet
+    and Runtime call a database round through SQLAlchemy, the largest part of a deployed
+    round's time; what must outlive the SuperLink is FedVault's own record instead: the
+    sites (`reregister_sites`) and each run's checkpoint (its run directory).
     """
     certs = settings.certs
     return [
@@ -141,7 +147,7 @@ def superlink_command(settings: ServerSettings, executable: str, key_file: Path)
         "--ssl-certfile", str(certs.server_cert),
         "--ssl-keyfile", str(key_file),
         "--enable-supernode-auth",
-        "--database", str(settings.state_dir / "superlink.db"),
+        "--database", IN_MEMORY_STATE,
         "--disable-runtime-dependency-installation",
         "--host", LOOPBACK,
         "--port", str(settings.control_port),
@@ -549,6 +555,31 @@ def register_site(
     )
     _write_sites(state, {**sites, name: record})
     return record
+
+
+def reregister_sites(settings: ServerSettings, flwr: str, env: Mapping[str, str]) -> list[str]:
+    """Register every site of the registry with a SuperLink that has just started.
+
+    The SuperLink's state is in memory (`superlink_command`): it starts knowing no node.
+    Call this before sites can reach it (before the proxy starts), so that a site's
+    SuperNode never finds its key unknown. Each site gets a new node id, recorded in the
+    registry; the names of the sites registered.
+    """
+    sites = read_sites(settings.state_dir)
+    if not sites:
+        return []
+    target = ControlTarget(settings.control_address, settings.certs.ca_cert)
+    renewed = {}
+    with (
+        FlwrControl(target, flwr, env) as control,
+        tempfile.TemporaryDirectory(prefix="fedvault-keys-") as keys,
+    ):
+        for name, site in sorted(sites.items()):
+            key = Path(keys) / f"{name}.pub"
+            key.write_text(site.public_key + "\n", encoding="ascii")
+            renewed[name] = dataclasses.replace(site, node_id=control.register_node(key, name))
+    _write_sites(settings.state_dir, renewed)
+    return sorted(renewed)
 
 
 def unregister_site(

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.client import REJOIN_GRACE_S
 from cli.main import main
 from cli.processes import KEY_DIR_PREFIX, alive, descendants, executable, flower_env
 from cli.run import run_overrides
@@ -342,6 +343,34 @@ def test_registered_site_connects_stops_cleanly_and_can_be_revoked(server, pki, 
     assert "site1" not in tomllib.loads((server["state"] / "sites.toml").read_text())["sites"]
     revoked = fedvault("client", "--state-dir", str(site_dir), "--connect-timeout", "120")
     assert revoked.returncode == 2 and "rejected this site's key" in revoked.stderr
+
+
+def test_a_running_site_whose_key_is_revoked_stops(server, pki, tmp_path):
+    """Flower's SuperNode stops on "unauthorized"; the site tries again, then gives up."""
+    new_node_key_pair(tmp_path / "site3.key", passphrase=PASSPHRASE)
+    write_roster(
+        tmp_path / "roster.toml", {"site3": load_node_public_key(tmp_path / "site3.key.pub")}
+    )
+    state = ("--state-dir", str(server["state"]))
+    assert (
+        in_process("register", str(tmp_path / "site3.key.pub"), "--name", "site3", *state)[0] == 0
+    )
+    client = Process(
+        [
+            "client", "--state-dir", str(tmp_path / "site3"), "--server", server["fleet"],
+            "--ca", str(pki / "certs" / "ca.crt"), "--key", str(tmp_path / "site3.key"),
+            "--roster", str(tmp_path / "roster.toml"), "--port", str(free_port()),
+        ]
+    )  # fmt: skip
+    client.wait_for("site connected", also=server["process"])
+    assert in_process("unregister", "site3", *state)[0] == 0
+    started = time.monotonic()
+    assert client.proc.wait(timeout=REJOIN_GRACE_S + 120) == 2, client.output[-3000:]
+    assert time.monotonic() - started > REJOIN_GRACE_S  # a restarting server had its time
+    assert "connecting again" in client.output
+    assert client.output.count("fedvault: error:") == 1
+    assert "rejected this site's key" in client.output
+    assert client.stop() == 2  # and nothing it started is left running
 
 
 def test_unregistered_site_is_rejected(server, pki, tmp_path):

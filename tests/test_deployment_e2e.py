@@ -122,6 +122,11 @@ def start_server(root: Path, state: Path, port: int, control: int) -> Server:
     return Server(process, state, fleet, port, control)
 
 
+def registered_node_ids(state: Path) -> dict[str, str]:
+    sites = tomllib.loads((state / "sites.toml").read_text())["sites"]
+    return {name: site["node-id"] for name, site in sites.items()}
+
+
 def enrol(root: Path, server: Server, sites: dict[str, Path]) -> Path:
     """Register every site's key, write the federation roster, approve the app at each site.
 
@@ -401,11 +406,21 @@ def test_server_killed_and_restarted_resumes_the_run(root, tmp_path):
         run = submit(scenario, server)
         checkpointed = wait_for_round(out, 1, run)
         run_id = run_id_of(run)
+        node_ids = registered_node_ids(state)
         crash(server.process)
         assert finish(run, timeout=120) != 0
         assert json.loads((out / "status.json").read_text())["status"] == "running"
 
+        # The new SuperLink starts knowing no node; `fedvault server` registers the sites
+        # again (new node ids), and each site starts its SuperNode again.
         server = start_server(root, state, port, control)
+        assert "sites registered: site-d, site-e" in server.process.output
+        renewed = registered_node_ids(state)
+        assert renewed.keys() == node_ids.keys() and not set(renewed.values()) & set(
+            node_ids.values()
+        )
+        for site in sites.values():
+            site.wait_for("site connected again", also=server.process)
         resumed = submit(scenario, server, "--resume", run_id)
         assert finish(resumed) == 0, resumed.output[-4000:]
         new_run_id = run_id_of(resumed)
