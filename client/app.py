@@ -15,6 +15,7 @@ DP-noised sums whose cost is in the ledger. Requests arrive sealed and replies l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from logging import getLogger
@@ -134,6 +135,8 @@ def secagg_handler(msg: Message, context: Context) -> Message:
                 reply = client.handle(protocol)
         except SecAggProtocolError as exc:
             raise Refused("protocol-violation", f"{site.name}: {exc.reason}") from None
+        if stage == m.UNMASK and m.NEXT_SETUP in msg.content:
+            client, extra = _next_setup(msg, request, site, budget, context, client)
         context.state[SECAGG_STATE] = ConfigRecord(client.to_state())
         return Message(content=RecordDict({**protocol_records(reply), **extra}), reply_to=msg)
 
@@ -200,6 +203,41 @@ def _check_budget_at_setup(
         request.server_round, records, params.threshold, params.vector_length
     )
     budget.dry_run(event, request.server_round)
+
+
+def _next_setup(
+    msg: Message,
+    request: SiteRequest,
+    site: Site,
+    budget: SiteBudget,
+    context: Context,
+    client: SecAggClient,
+) -> tuple[SecAggClient, dict]:
+    """The next round's setup, carried by this round's unmask request.
+
+    Checked as a setup request sent alone is: a setup stage, a new session, the next round
+    of the run, parameters and budget the site accepts. One that does not pass is left
+    unanswered (the next round then asks again, and a refusal is recorded then); the
+    unmask reply goes out either way. Returns the client to keep, and the records to add.
+    """
+    upcoming = dataclasses.replace(request, server_round=request.server_round + 1)
+    candidate = SecAggClient.from_state(
+        client.to_state(), site_identity(site), site.min_secagg_peers, request.settings.digest()
+    )
+    try:
+        protocol = dict(msg.content[m.NEXT_SETUP])
+        if m.read_header(protocol).stage != m.SETUP:
+            raise malformed("the next round's setup is not a setup request")
+        if upcoming.server_round > request.settings.num_rounds:
+            raise malformed(f"round {upcoming.server_round} is past the run's last round")
+        _maybe_drop_out(site, m.SETUP)
+        if request.settings.dp:
+            _check_budget_at_setup(upcoming, site, budget, protocol, context)
+        reply = candidate.handle(protocol)
+    except (Refused, SecAggProtocolError, FedVaultError) as exc:
+        log.warning("%s: the next round's setup left unanswered: %s", site.name, exc)
+        return client, {}
+    return candidate, {m.NEXT_SETUP: ConfigRecord(reply)}
 
 
 def _maybe_drop_out(site: Site, stage: str) -> None:

@@ -38,7 +38,7 @@ from server.distributed_sgd import DistributedSgd
 from server.exchange import exchange
 from server.progress import ProgressFn
 from server.rundir import RunDirectory
-from server.secure_round import SecureSteps, StageFn, secure_train_round
+from server.secure_round import SecureRounds, SecureSteps, StageFn
 from server.strategies import make_strategy
 from server.transport import record_transport
 from tasks.evaluation import evaluate
@@ -144,9 +144,12 @@ def _rounds(
     session = secrets.token_hex(8)
     client_dp = ClientLevelDp(settings) if settings.client_dp else None
     stepper = None
+    length = update_length(model.state_dict())
     if settings.distributed_dp:
-        length = update_length(model.state_dict())
         stepper = (DistributedSgd(settings), SecureSteps(settings.secagg_config(), length, session))
+    # Adaptive clipping adds its count to the vector.
+    length += int(settings.client_dp and settings.client_dp_adaptive)
+    rounds = SecureRounds(settings.secagg_config(), length, session)
     if resume is None:
         loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
         metrics: dict = {"round": 0, "test-loss": loss, "test-accuracy": accuracy}
@@ -190,7 +193,7 @@ def _rounds(
                 (session, server_round),
                 plan,
                 on_stage,
-                stepper,
+                stepper or rounds,
             )
             ledger.append("secagg_round", {"round": server_round, **outcome.metrics})
         else:
@@ -314,15 +317,16 @@ def _secure_round(
     session_round: tuple[str, int],
     plan: RoundPlan | None,
     on_stage: StageFn,
-    stepper: tuple[DistributedSgd, SecureSteps] | None = None,
+    engine: SecureRounds | tuple[DistributedSgd, SecureSteps],
 ) -> TrainOutcome:
     """Train the sampled sites under SecAgg+; only the sum of their vectors comes back.
 
-    With a `stepper` (distributed DP-SGD) the vectors are the sites' noisy gradient sums,
-    summed in a multi-step session, and the new model is one optimizer step on their total.
+    With a stepper (distributed DP-SGD, `engine` a pair) the vectors are the sites' noisy
+    gradient sums, summed in a multi-step session, and the new model is one optimizer step
+    on their total.
     """
     state = arrays.to_torch_state_dict()
-    length = update_length(state) + int(bool(plan and settings.client_dp_adaptive))
+    stepper = engine if isinstance(engine, tuple) else None
     prefix, server_round = session_round
     session = f"{prefix}/{server_round}"
     if len(node_ids) < 2:
@@ -341,16 +345,8 @@ def _secure_round(
     if stepper is not None:
         outcome = stepper[1].step(grid, node_ids, arrays, train_config, server_round, on_stage)
     else:
-        outcome = secure_train_round(
-            grid,
-            node_ids,
-            arrays,
-            train_config,
-            settings.secagg_config(),
-            session,
-            length,
-            on_stage,
-        )
+        last = server_round == settings.num_rounds
+        outcome = engine.train(grid, node_ids, arrays, train_config, server_round, last, on_stage)
     replies = RoundReplies(outcome.updates, outcome.refusals, outcome.failures)
     if outcome.aborted:
         log.error("round aborted: secure aggregation failed: %s", outcome.aborted)
@@ -361,7 +357,7 @@ def _secure_round(
             settings.secagg_clip_range,
         )
     record = {
-        "session": session,
+        "session": outcome.session or session,
         "sampled": len(node_ids),
         "contributors": outcome.contributors,
         "dropped": {str(k): v for k, v in outcome.dropped.items()},

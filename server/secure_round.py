@@ -7,6 +7,9 @@ round's training instruction (global model and settings) rides on the masked-inp
 learns the weighted sum of the vectors of the sites whose masked input arrived, and nothing
 about any one of them.
 
+Rounds (`SecureRounds`) ask for the next round's keys in their last exchange, so a round
+after the first starts at share-keys when it asks the same sites.
+
 Distributed DP-SGD takes one secure sum per step, hundreds per run, so it runs sessions
 (`SecureSteps`): the sites agree keys once (setup and share-keys), then each step is a single
 exchange. Every member must answer every step, or the step's masks cannot be removed and
@@ -54,34 +57,86 @@ class SecureRound:
     contributors: int = 0
     threshold: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    session: str = ""
 
 
-def secure_train_round(
-    grid: Grid,
-    node_ids: list[int],
-    arrays: ArrayRecord,
-    train_config: ConfigRecord,
-    config: SecAggConfig,
-    session: str,
-    vector_length: int,
-    on_stage: StageFn | None = None,
-) -> SecureRound:
-    """Run the stages; only the weighted sum of the sites' vectors comes back.
+@dataclass
+class _Prepared:
+    """A round's session whose setup was answered in the last exchange of the round before."""
 
-    `on_stage(stage, answered, asked, seconds)` is told when each exchange ends.
+    server: SecAggServer
+    node_ids: list[int]
+    replies: dict[int, dict]
+
+
+class SecureRounds:
+    """Single SecAgg+ rounds, each round's keys asked for in the round before.
+
+    A round's setup asks every site for fresh keys, an exchange of its own. When the next
+    round asks the same sites, this round's unmask requests carry its setup requests
+    (`m.NEXT_SETUP`), and each site answers both; the next round then starts at share-keys.
+    A site checks a setup carried this way as it checks one sent alone, and may leave it
+    unanswered. If the next round asks other sites, or any site did not answer its setup
+    (a dropout, a refusal), the next round runs a setup of its own.
     """
-    server = SecAggServer(config, session, node_ids, vector_length)
-    outcome = SecureRound(threshold=server.params.threshold)
-    try:
-        while not server.done:
-            _exchange_stage(grid, server, arrays, train_config, outcome, on_stage)
-        _take_result(server, outcome)
-    except SecAggAbort as exc:
-        outcome.aborted = exc.reason
-    finally:
-        outcome.dropped = dict(server.dropped)
-        outcome.rejections.extend(server.rejections)
-    return outcome
+
+    def __init__(self, config: SecAggConfig, vector_length: int, prefix: str) -> None:
+        self.config = config
+        self.vector_length = vector_length
+        self.prefix = prefix
+        self._next: _Prepared | None = None
+
+    def train(
+        self,
+        grid: Grid,
+        node_ids: list[int],
+        arrays: ArrayRecord,
+        train_config: ConfigRecord,
+        server_round: int,
+        last: bool,
+        on_stage: StageFn | None = None,
+    ) -> SecureRound:
+        """Run round `server_round` (`last`: no round follows it); only the weighted sum of
+        the sites' vectors comes back. `on_stage(stage, answered, asked, seconds)` is told
+        when each exchange ends."""
+        prepared, self._next = self._next, None
+        if prepared is not None and (
+            prepared.node_ids != sorted(node_ids) or set(prepared.replies) != set(node_ids)
+        ):
+            prepared = None
+        server = (
+            prepared.server
+            if prepared is not None
+            else SecAggServer(
+                self.config, f"{self.prefix}/{server_round}", node_ids, self.vector_length
+            )
+        )
+        upcoming = None
+        if not last:
+            upcoming = SecAggServer(
+                self.config,
+                f"{self.prefix}/{server_round + 1}/early",
+                node_ids,
+                self.vector_length,
+            )
+        outcome = SecureRound(threshold=server.params.threshold, session=server.session)
+        try:
+            if prepared is not None:
+                server.receive(prepared.replies.values())
+            while not server.done:
+                attach = upcoming.requests() if upcoming and server.stage == m.UNMASK else None
+                answers = _exchange_stage(
+                    grid, server, arrays, train_config, outcome, on_stage, attach
+                )
+                if upcoming is not None and attach is not None:
+                    self._next = _Prepared(upcoming, sorted(node_ids), answers)
+            _take_result(server, outcome)
+        except SecAggAbort as exc:
+            outcome.aborted = exc.reason
+        finally:
+            outcome.dropped = dict(server.dropped)
+            outcome.rejections.extend(server.rejections)
+        return outcome
 
 
 class SecureSteps:
@@ -187,18 +242,23 @@ def _exchange_stage(
     train_config: ConfigRecord,
     outcome: SecureRound,
     on_stage: StageFn | None,
-) -> None:
-    """Send the current stage's requests, wait for the replies, hand them to the server."""
+    attach: dict[int, dict] | None = None,
+) -> dict[int, dict]:
+    """Send the current stage's requests, wait for the replies, hand them to the server.
+
+    `attach`: the next round's setup request for each site, carried with this stage's;
+    returns the setup replies that came back with this stage's replies, by site.
+    """
     stage = server.stage
     model = pack_model(arrays) if stage in _CARRIES_MODEL else None
-    messages = [
-        Message(
-            content=_request_content(request, model, train_config),
-            dst_node_id=node_id,
-            message_type=SECAGG_MESSAGE_TYPE,
+    messages = []
+    for node_id, request in server.requests().items():
+        content = _request_content(request, model, train_config)
+        if attach is not None and node_id in attach:
+            content[m.NEXT_SETUP] = ConfigRecord(attach[node_id])
+        messages.append(
+            Message(content=content, dst_node_id=node_id, message_type=SECAGG_MESSAGE_TYPE)
         )
-        for node_id, request in server.requests().items()
-    ]
     started = time.monotonic()
     replies = exchange(grid, messages, server.config.stage_timeout_s)
     outcome.stage_seconds[stage] = round(
@@ -207,6 +267,13 @@ def _exchange_stage(
     if on_stage is not None:
         on_stage(stage, len(replies), len(messages), outcome.stage_seconds[stage])
     server.receive(_protocol_replies(stage, replies, outcome))
+    if attach is None:
+        return {}
+    return {
+        reply.metadata.src_node_id: dict(reply.content[m.NEXT_SETUP])
+        for reply in replies
+        if not reply.has_error() and m.NEXT_SETUP in reply.content
+    }
 
 
 def _take_result(server: SecAggServer, outcome: SecureRound) -> None:

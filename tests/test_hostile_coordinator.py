@@ -414,3 +414,59 @@ def test_client_level_floors_are_the_sites(tmp_path):
     reply = train_request(site, told, run_id=3, arrays=initial_arrays(honest))
     assert refusal(reply)["reason"] == "malformed-request"
     assert spent(site) == []
+
+
+def test_the_next_rounds_setup_in_an_unmask_request_is_checked_like_a_setup(tmp_path):
+    """An unmask request may carry the next round's setup (server/secure_round.py
+    `SecureRounds`). A site answers it only where it would answer that setup sent alone,
+    and answers the unmask either way."""
+    from privacy.secagg import SecAggConfig, SecAggServer
+    from privacy.secagg import messages as m
+    from tasks.wire import protocol_message, update_length
+
+    sites = [Site(tmp_path / "sites", index=i, of=4, node_id=31 + i) for i in range(4)]
+    for s in sites:
+        s.configure(max_epsilon=20.0)
+    config = run_config(tmp_path / "sites", secagg=True, **{"num-rounds": 2})
+    arrays = initial_arrays(config)
+    length = update_length(unpack_model(arrays))
+    ids = [s.node_id for s in sites]
+    upcoming = SecAggServer(SecAggConfig(), "s/2/early", ids, length).requests()
+    downgraded = SecAggServer(SecAggConfig(authenticated=False), "s/2/early", ids, length)
+    crafted = {
+        31: lambda request: upcoming[31],  # a setup as the server would send it
+        32: lambda request: request,  # the unmask request itself, a second time
+        33: lambda request: {**upcoming[33], m.SESSION: "s/1"},  # this round's session
+        34: lambda request: downgraded.requests()[34],  # the semi-honest protocol
+    }
+    unmasked: list = []
+    _, _, server = secure_round(
+        sites,
+        config,
+        7,
+        arrays,
+        at_unmask=lambda node, request: {m.NEXT_SETUP: ConfigRecord(crafted[node](request))},
+        unmasked=unmasked,
+    )
+    assert server.done and server.result().num_clients == 4  # every unmask was answered
+    answered = {r.metadata.src_node_id: r for r in unmasked}
+    assert all(refusal(r) is None for r in unmasked)
+    assert all(protocol_message(r.content)[m.STAGE] == m.UNMASK for r in unmasked)
+    setup = dict(answered[31].content[m.NEXT_SETUP])
+    assert (setup[m.SESSION], setup[m.STAGE], setup[m.SENDER]) == ("s/2/early", m.SETUP, 31)
+    assert [n for n in (32, 33, 34) if m.NEXT_SETUP in answered[n].content] == []
+    assert all(len(spent(s)) == 1 for s in sites)  # one round trained, nothing more
+
+    # The last round's unmask: no round follows, so no setup is answered.
+    last = run_config(tmp_path / "sites", secagg=True, **{"num-rounds": 1})
+    unmasked.clear()
+    secure_round(
+        sites[:3],
+        last,
+        8,
+        arrays,
+        session="t/1",
+        at_unmask=lambda node, request: {m.NEXT_SETUP: ConfigRecord(upcoming[node])},
+        unmasked=unmasked,
+    )
+    assert len(unmasked) == 3 and all(m.NEXT_SETUP not in r.content for r in unmasked)

@@ -58,6 +58,12 @@ def metrics(run_dir) -> list[dict]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def ledger_payloads(run_dir, kind: str) -> list[dict]:
+    with sqlite3.connect(run_dir / "run-ledger.sqlite") as db:
+        rows = db.execute("SELECT payload FROM rows WHERE kind = ?", (kind,)).fetchall()
+    return [json.loads(p) for (p,) in rows]
+
+
 def test_three_sites_two_rounds_learn_and_write_a_complete_run_directory(tmp_path):
     out = tmp_path / "run"
     scenario = Scenario(
@@ -74,6 +80,14 @@ def test_three_sites_two_rounds_learn_and_write_a_complete_run_directory(tmp_pat
     stages = [(r["round"], r["stage"], r["answered"]) for r in seen if r.get("kind") == "stage"]
     assert stages[:5] == [
         (1, stage, 3) for stage in ("setup", "share-keys", "masked-input", "consistency", "unmask")
+    ]
+    # Round 1's unmask carried round 2's setup: round 2 starts at share-keys.
+    assert [(s, n) for r, s, n in stages if r == 2] == [
+        (stage, 3) for stage in ("share-keys", "masked-input", "consistency", "unmask")
+    ]
+    assert [r["session"].split("/", 1)[1] for r in ledger_payloads(out, "secagg_round")] == [
+        "1",
+        "2/early",
     ]
     assert rounds[2]["test-accuracy"] > rounds[0]["test-accuracy"] + 0.2
     # The sites' evaluation comes back as DP-noised sums: accuracy within a few points.
@@ -305,6 +319,26 @@ def test_secure_aggregate_with_a_dropout_equals_the_survivors_plain_average(
         ]
     assert len(records) == 1
     assert all(any(stage in reason for reason in r["dropped"].values()) for r in records)
+
+
+def test_after_a_dropout_the_next_round_agrees_keys_with_every_site_again(tmp_path):
+    """A site that left at unmask answered no setup for the next round: that round asks
+    every site for keys in a setup of its own, and the site is back in it."""
+    out = tmp_path / "rekey"
+    scenario = Scenario(
+        "rekey",
+        run={**TINY, "secagg": True, "num-rounds": 3},
+        num_sites=4,
+        sites=NON_PRIVATE,
+        site_overrides={"site-2": {"dropout-stage": "unmask"}},
+    )
+    simulate(scenario, out)
+    records = ledger_payloads(out, "secagg_round")
+    assert [r["session"].split("/", 1)[1] for r in records] == ["1", "2", "3"]
+    assert all("setup" in r["stage-seconds"] for r in records)
+    assert [r["contributors"] for r in records] == [4, 4, 4]  # its masked input, each round
+    assert [len(r["dropped"]) for r in records] == [1, 1, 1]
+    assert all(r["dropped"] == records[0]["dropped"] for r in records)  # the same site
 
 
 def test_one_dropout_too_many_aborts_rounds_cleanly_and_keeps_the_model(tmp_path):

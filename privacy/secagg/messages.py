@@ -33,6 +33,9 @@ STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, CONSISTENCY, UNMASK)
 SEMI_HONEST_STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK)
 SESSION_STAGES = (SETUP, SHARE_KEYS, STEP)
 ALL_STAGES = (*STAGES, STEP)
+NEXT_SETUP = "next-setup"
+"""The record of an unmask request that carries the next round's setup request, and of the
+unmask reply that carries the site's setup reply (server/secure_round.py `SecureRounds`)."""
 
 # Header, in every message.
 SESSION = "session"
