@@ -345,8 +345,15 @@ def _secure_round(
     if stepper is not None:
         outcome = stepper[1].step(grid, node_ids, arrays, train_config, server_round, on_stage)
     else:
-        last = server_round == settings.num_rounds
-        outcome = engine.train(grid, node_ids, arrays, train_config, server_round, last, on_stage)
+        # The next round asks the same sites unless a sample picks them.
+        ask_next = (
+            server_round < settings.num_rounds
+            and settings.fraction_train == 1.0
+            and not (settings.client_dp and settings.client_sampling == "poisson")
+        )
+        outcome = engine.train(
+            grid, node_ids, arrays, train_config, server_round, ask_next, on_stage
+        )
     replies = RoundReplies(outcome.updates, outcome.refusals, outcome.failures)
     if outcome.aborted:
         log.error("round aborted: secure aggregation failed: %s", outcome.aborted)

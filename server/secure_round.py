@@ -93,12 +93,14 @@ class SecureRounds:
         arrays: ArrayRecord,
         train_config: ConfigRecord,
         server_round: int,
-        last: bool,
+        ask_next: bool,
         on_stage: StageFn | None = None,
     ) -> SecureRound:
-        """Run round `server_round` (`last`: no round follows it); only the weighted sum of
-        the sites' vectors comes back. `on_stage(stage, answered, asked, seconds)` is told
-        when each exchange ends."""
+        """Run round `server_round`; only the weighted sum of the sites' vectors comes back.
+
+        `ask_next`: a next round follows and should ask the same sites (no sampling), so its
+        setup rides on this round's unmask. `on_stage(stage, answered, asked, seconds)` is
+        told when each exchange ends."""
         prepared, self._next = self._next, None
         if prepared is not None and (
             prepared.node_ids != sorted(node_ids) or set(prepared.replies) != set(node_ids)
@@ -112,7 +114,7 @@ class SecureRounds:
             )
         )
         upcoming = None
-        if not last:
+        if ask_next:
             upcoming = SecAggServer(
                 self.config,
                 f"{self.prefix}/{server_round + 1}/early",
