@@ -7,7 +7,9 @@ the clear only if the site allows that (require-secagg = false). Under secure ag
 the coordinator sends the SecAgg+ stages as `train.secagg` messages; the site checks its
 floor and budget at setup (declining before it joins), validates the masked-input request
 (or, in a multi-step session of distributed DP-SGD, the step request) before it spends
-anything, then trains and sends only its masked update.
+anything, then trains and sends only its masked update. An unmask request may carry the
+next round's setup; the site answers it only as it would that setup sent alone
+(`_next_setup`).
 Evaluation requests are refused unless the site allows them, and then answered with
 DP-noised sums whose cost is in the ledger. Requests arrive sealed and replies leave sealed
 (tasks/wire.py, `sealed_records`); a request whose records do not open is refused.
