@@ -224,7 +224,7 @@ def _next_setup(
     """
     upcoming = dataclasses.replace(request, server_round=request.server_round + 1)
     candidate = SecAggClient.from_state(
-        client.to_state(), site_identity(site), site.min_secagg_peers, request.settings.digest()
+        client.to_state(), client.identity, client.min_peers, client.context
     )
     try:
         protocol = dict(msg.content[m.NEXT_SETUP])

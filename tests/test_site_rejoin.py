@@ -8,10 +8,12 @@ tests/test_deployment_e2e.py, at the cost of a server each.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,18 +78,25 @@ def site_node(supervisor: Supervisor, tmp_path: Path) -> SiteNode:
     )
 
 
-def test_a_stopped_supernode_is_started_again_until_it_stops_too_often(stand_in, tmp_path):
+@contextlib.contextmanager
+def stopped_node(stand_in: Path, tmp_path: Path) -> Iterator[tuple[Supervisor, SiteNode]]:
+    """A SiteNode whose SuperNode connected, then stopped (as after a server restart)."""
     stand_in.write_text("stops")
     with Supervisor() as supervisor:
         node = site_node(supervisor, tmp_path)
         node.start()
+        assert supervisor.wait_for_exit_or_signal() is node.child
+        yield supervisor, node
+
+
+def test_a_stopped_supernode_is_started_again_until_it_stops_too_often(stand_in, tmp_path):
+    with stopped_node(stand_in, tmp_path) as (supervisor, node):
         first = node.child
         for _ in range(site_cli.MAX_REJOINS):
-            assert supervisor.wait_for_exit_or_signal() is node.child
             node.rejoin()
             assert node.child is not first and node.child.exited() is None
             assert [c.name for c in supervisor.children] == ["supernode"]
-        assert supervisor.wait_for_exit_or_signal() is node.child
+            assert supervisor.wait_for_exit_or_signal() is node.child
         with pytest.raises(FedVaultError, match=r"stopped 6 times within 600 s"):
             node.rejoin()
 
@@ -95,11 +104,7 @@ def test_a_stopped_supernode_is_started_again_until_it_stops_too_often(stand_in,
 def test_a_key_refused_after_a_stop_is_tried_again_then_reported(stand_in, tmp_path, monkeypatch):
     monkeypatch.setattr(site_cli, "REJOIN_GRACE_S", 1.0)
     monkeypatch.setattr(site_cli, "REJOIN_PAUSE_S", 0.1)
-    stand_in.write_text("stops")
-    with Supervisor() as supervisor:
-        node = site_node(supervisor, tmp_path)
-        node.start()
-        assert supervisor.wait_for_exit_or_signal() is node.child
+    with stopped_node(stand_in, tmp_path) as (supervisor, node):
         stand_in.write_text("refused")
         started = time.monotonic()
         with pytest.raises(KeyRejected, match="rejected this site's key SHA256:test"):
@@ -111,11 +116,7 @@ def test_a_key_refused_after_a_stop_is_tried_again_then_reported(stand_in, tmp_p
 def test_a_key_refused_for_a_moment_joins_again(stand_in, tmp_path, monkeypatch):
     """A server mid-start (registering its sites again) refuses a key it will know."""
     monkeypatch.setattr(site_cli, "REJOIN_PAUSE_S", 0.1)
-    stand_in.write_text("stops")
-    with Supervisor() as supervisor:
-        node = site_node(supervisor, tmp_path)
-        node.start()
-        assert supervisor.wait_for_exit_or_signal() is node.child
+    with stopped_node(stand_in, tmp_path) as (supervisor, node):
         stand_in.write_text("refused-once")
         node.rejoin()
         assert stand_in.read_text() == "stays"  # refused once, then connected
