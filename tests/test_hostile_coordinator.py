@@ -470,3 +470,46 @@ def test_the_next_rounds_setup_in_an_unmask_request_is_checked_like_a_setup(tmp_
         unmasked=unmasked,
     )
     assert len(unmasked) == 3 and all(m.NEXT_SETUP not in r.content for r in unmasked)
+
+
+def test_a_carried_setup_for_a_round_the_budget_cannot_pay_is_not_answered(tmp_path):
+    """The next round's setup is checked against the site's budget as a setup alone is:
+    a site with room for one round answers this round's unmask, and no setup."""
+    from privacy.secagg import SecAggConfig, SecAggServer
+    from privacy.secagg import messages as m
+    from tasks.wire import update_length
+
+    def sites_with(budget: float, root: Path) -> list[Site]:
+        sites = [Site(root, index=i, of=3, node_id=41 + i) for i in range(3)]
+        for s in sites:
+            s.configure(max_epsilon=budget)
+        return sites
+
+    def round_one(sites: list[Site], root: Path) -> list:
+        config = run_config(root, secagg=True, **{"num-rounds": 2})
+        arrays = initial_arrays(config)
+        ids = [s.node_id for s in sites]
+        upcoming = SecAggServer(
+            SecAggConfig(), "s/2/early", ids, update_length(unpack_model(arrays))
+        ).requests()
+        unmasked: list = []
+        _, _, server = secure_round(
+            sites,
+            config,
+            9,
+            arrays,
+            at_unmask=lambda node, request: {m.NEXT_SETUP: ConfigRecord(upcoming[node])},
+            unmasked=unmasked,
+        )
+        assert server.done and all(refusal(r) is None for r in unmasked)
+        return unmasked
+
+    roomy = sites_with(50.0, tmp_path / "roomy")
+    assert all(m.NEXT_SETUP in r.content for r in round_one(roomy, tmp_path / "roomy"))
+    one_round = max(float(spent(s)[0]["epsilon-after"]) for s in roomy)
+
+    tight = sites_with(round(one_round * 1.01, 4), tmp_path / "tight")
+    assert all(m.NEXT_SETUP not in r.content for r in round_one(tight, tmp_path / "tight"))
+    for s in tight:
+        assert len(spent(s)) == 1  # round 1, and nothing for round 2
+        assert s.ledger_rows("refusal") == []  # recorded when round 2's own setup asks
