@@ -373,6 +373,47 @@ def test_a_running_site_whose_key_is_revoked_stops(server, pki, tmp_path):
     assert client.stop() == 2  # and nothing it started is left running
 
 
+def test_a_restarted_server_lets_in_its_registered_sites_and_no_revoked_one(pki, tmp_path):
+    """The SuperLink forgets every node when it stops; `fedvault server` registers again
+    exactly the sites of its registry, so a key unregistered before the restart stays out."""
+    if not HAS_FLOWER:
+        pytest.skip("flower-superlink (flwr 1.42) not found")
+    state, port, control = tmp_path / "server", free_port(), free_port()
+    args = ["server", "--certs", str(pki / "certs"), "--state-dir", str(state)]
+    args += ["--port", str(port), "--control-port", str(control)]
+    fleet = f"127.0.0.1:{port if HAS_NGINX else control}"
+
+    def start_server() -> Process:
+        process = Process(args if HAS_NGINX else [*args, "--no-proxy"])
+        process.wait_for("server ready")
+        return process
+
+    server = start_server()
+    for name in ("site1", "site2"):
+        key = str(pki / f"{name}.key.pub")
+        assert in_process("register", key, "--name", name, "--state-dir", str(state))[0] == 0
+    assert in_process("unregister", "site2", "--state-dir", str(state))[0] == 0
+    assert server.stop() == 0
+    server = start_server()
+    assert "fedvault: sites registered: site1\n" in server.output
+    try:
+
+        def client(name: str, *extra: str) -> list[str]:
+            return [
+                "client", "--state-dir", str(tmp_path / name), "--server", fleet,
+                "--ca", str(pki / "certs" / "ca.crt"), "--key", str(pki / f"{name}.key"),
+                "--roster", str(pki / "roster.toml"), "--port", str(free_port()), *extra,
+            ]  # fmt: skip
+
+        revoked = fedvault(*client("site2", "--connect-timeout", "120"))
+        assert revoked.returncode == 2 and "rejected this site's key" in revoked.stderr
+        site = Process(client("site1"))
+        site.wait_for("site connected", also=server)
+        assert site.stop() == 0
+    finally:
+        assert server.stop() == 0
+
+
 def test_unregistered_site_is_rejected(server, pki, tmp_path):
     done = fedvault(
         "client", "--state-dir", str(tmp_path / "site2"), "--server", server["fleet"],
