@@ -163,6 +163,9 @@ def _rounds(
         first_round = resume.round + 1
         if client_dp is not None:
             client_dp.restore([row.payload for row in ledger.rows("client_dp_round")])
+        if resume.round not in {row.payload["round"] for row in ledger.rows("round_complete")}:
+            # The server died between the checkpoint and its ledger row: the round is done.
+            _record_complete(ledger, metrics)
         ledger.append("resume", {"run-id": run_id, "from-round": resume.round})
         log.warning("resuming run %s after round %d", run_id, resume.round)
     arrays = ArrayRecord(model.state_dict())  # the iterate the sites train at
@@ -243,11 +246,18 @@ def _rounds(
                 strategy_state(strategy, stepper and stepper[0]),
             ),
         )
-        ledger.append("round_complete", {"round": server_round, "test-accuracy": accuracy})
+        _record_complete(ledger, metrics)
         if progress:
             progress(metrics)
     rundir.save_model(model.state_dict())
     return metrics, model
+
+
+def _record_complete(ledger: Ledger, metrics: dict) -> None:
+    """A round is complete once checkpointed; its ledger row follows the checkpoint."""
+    ledger.append(
+        "round_complete", {"round": metrics["round"], "test-accuracy": metrics["test-accuracy"]}
+    )
 
 
 def _train_messages(node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord) -> list:

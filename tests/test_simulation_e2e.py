@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from client.dp_plan import poisson_plan
 from privacy.accounting import PrivacyEvent, compute_epsilon
 from privacy.errors import FedVaultError
+from server import federation
+from server.checkpoint import save_checkpoint
 from simulations.runner import simulate
 from simulations.scenario import Scenario, load_scenario
 
@@ -370,20 +372,20 @@ class Crash(Exception):
     """Stands for the server process dying after a round completed."""
 
 
-def test_interrupted_run_resumes_to_the_same_model_counting_each_round_once(tmp_path):
+def test_interrupted_run_resumes_to_the_same_model_counting_each_round_once(tmp_path, monkeypatch):
     run = {**TINY, "num-rounds": 3, "secagg": False}  # exact arithmetic: models comparable
 
-    def crash_after_round_1(metrics: dict) -> None:
-        if metrics["round"] == 1:
+    def checkpoint_then_crash(run_dir, checkpoint) -> None:
+        """The server dies after round 1's checkpoint, before its ledger row: the worst time."""
+        save_checkpoint(run_dir, checkpoint)
+        if checkpoint.round == 1:
             raise Crash
 
+    monkeypatch.setattr(federation, "save_checkpoint", checkpoint_then_crash)
     interrupted = tmp_path / "interrupted"
     with pytest.raises(Crash):
-        simulate(
-            Scenario("r", run=dict(run), num_sites=3, sites=SEEDED),
-            interrupted,
-            crash_after_round_1,
-        )
+        simulate(Scenario("r", run=dict(run), num_sites=3, sites=SEEDED), interrupted)
+    monkeypatch.undo()
     assert json.loads((interrupted / "status.json").read_text())["status"] == "failed"
     simulate(Scenario("r", run=dict(run), num_sites=3, sites=SEEDED), interrupted, resume=True)
     straight = tmp_path / "straight"
@@ -399,6 +401,7 @@ def test_interrupted_run_resumes_to_the_same_model_counting_each_round_once(tmp_
             for (p,) in db.execute("SELECT payload FROM rows WHERE kind = 'round_complete'")
         ]
     assert completed == [1, 2, 3] and kinds.count("resume") == 1
+    assert kinds[: kinds.index("resume")].count("round_complete") == 1
     assert json.loads((interrupted / "status.json").read_text())["status"] == "completed"
 
 
