@@ -32,7 +32,7 @@ from privacy.certs import parse_address
 from privacy.errors import FedVaultError
 from server.federation import run_federation
 from server.progress import ProgressFn
-from server.rundir import STATUS_FILE
+from server.rundir import STATUS_FILE, RunDirectory
 from simulations.audit import audit_model
 from simulations.identities import give_identities
 from simulations.scenario import Scenario
@@ -104,6 +104,8 @@ def prepare_run(
     sites_root = (sites_root or out / "sites").resolve()
     config = {**scenario.run, "out": str(out.resolve()), "sites-root": str(sites_root)}
     settings = RunSettings.from_config(config)
+    if resume:  # refused before Ray starts, not by the ServerApp after it
+        RunDirectory(out).check_resumable(settings.to_config())
     if settings.min_sites > scenario.num_sites:
         raise FedVaultError(
             f"min-sites {settings.min_sites} exceeds the {scenario.num_sites} simulated sites"

@@ -18,6 +18,7 @@ from privacy.accounting import PrivacyEvent, compute_epsilon
 from privacy.errors import FedVaultError
 from server import federation
 from server.checkpoint import save_checkpoint
+from simulations import runner
 from simulations.runner import simulate
 from simulations.scenario import Scenario, load_scenario
 
@@ -405,11 +406,23 @@ def test_interrupted_run_resumes_to_the_same_model_counting_each_round_once(tmp_
     assert json.loads((interrupted / "status.json").read_text())["status"] == "completed"
 
 
-def test_resume_refuses_a_completed_run_and_changed_settings(tmp_path):
+def test_resume_refuses_a_completed_run_and_changed_settings(tmp_path, monkeypatch):
     out = tmp_path / "done"
     done = Scenario("d", run={**TINY, "secagg": False}, num_sites=2, sites=NON_PRIVATE)
     simulate(done, out)
+
+    def no_engine(cluster):
+        raise AssertionError("Ray started for a resume that is refused")
+
+    monkeypatch.setattr(runner, "_start_ray", no_engine)  # refused before any engine starts
+    untouched = (out / "status.json").read_text()
     with pytest.raises(FedVaultError, match="already completed"):
         simulate(done, out, resume=True)
+    assert (out / "status.json").read_text() == untouched
+    status = json.loads(untouched)
+    (out / "status.json").write_text(json.dumps({**status, "status": "failed"}))
+    changed = Scenario("d", run={**TINY, "secagg": False, "learning-rate": 0.5}, num_sites=2)
+    with pytest.raises(FedVaultError, match=r"settings differ .*: learning-rate$"):
+        simulate(changed, out, resume=True)
     with pytest.raises(FedVaultError, match="not a run directory"):
         simulate(Scenario("d", run=dict(TINY), num_sites=2), tmp_path / "nothing", resume=True)
