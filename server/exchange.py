@@ -2,14 +2,14 @@
 
 `Grid.send_and_receive` sleeps a fixed interval between pulls: 3 s on a deployment's
 SuperLink, 0.1 s in simulation. A secure round makes four or five exchanges, so on a
-deployment the sleeps alone would cost up to 15 s a round. Here the ServerApp pushes the messages and pulls
-replies itself. In simulation it polls at 20 ms, backing off to 50 ms while nothing
-arrives, so an exchange ends within 50 ms of its last reply (a distributed DP-SGD run makes
-hundreds). On a deployment behind FedVault's proxy it announces each push to the long-poll
-process (server/longpoll.py), which hands the message to the site's waiting pull at once,
-and pulls when that process says a reply is whole (every WATCHED_POLL_S at the latest),
-which spares the SuperLink a database round every few milliseconds and Flower's object pull
-its one-second back-off on a half-pushed reply.
+deployment the sleeps alone would cost up to 15 s a round. Here the ServerApp pushes the
+messages and pulls replies itself. In simulation it polls at 20 ms, backing off to 50 ms
+while nothing arrives, so an exchange ends within 50 ms of its last reply (a distributed
+DP-SGD run makes hundreds). On a deployment behind FedVault's proxy it announces each push
+to the long-poll process (server/longpoll.py), which hands the message to the site's
+waiting pull at once, and pulls when that process says a reply is whole (every
+WATCHED_POLL_S at the latest), which spares the SuperLink a database round every few
+milliseconds and Flower's object pull its one-second back-off on a half-pushed reply.
 
 Messages go out sealed and replies are opened here (tasks/wire.py), so the rest of the
 server reads plain records; a reply that does not open comes back as an error reply, as a

@@ -33,6 +33,7 @@ from cli.main import main
 from cli.processes import KEY_DIR_PREFIX, alive, descendants, executable, flower_env
 from cli.run import run_overrides
 from client.supernode import (
+    TASK_POLL_INTERVAL_S,
     node_config,
     resolve_site_settings,
     write_site_settings,
@@ -311,13 +312,13 @@ def test_registered_site_connects_stops_cleanly_and_can_be_revoked(server, pki, 
     )  # fmt: skip
     client.wait_for("site connected", also=server["process"])
     # The SuperNode and the SuperExec it starts (whose ClientApps inherit their environment)
-    # poll for tasks every 50 ms and pin torch to the site's two threads.
+    # poll for tasks at FedVault's interval and pin torch to the site's two threads.
     for program in ("flower-supernode", "flower-superexec"):
         deadline = time.monotonic() + START_TIMEOUT_S
         while not environments_of(client, program) and time.monotonic() < deadline:
             time.sleep(0.2)
         (env,) = environments_of(client, program)
-        assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.05", program
+        assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == TASK_POLL_INTERVAL_S, program
         assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("2", "2"), program
     assert fingerprint in client.output and "as site1 with key" in client.output
     # The SuperNode was given a decrypted copy in the private runtime directory, gone now
