@@ -76,7 +76,7 @@ def start_node(root: Path, name: str, ip: str, *role: str) -> subprocess.Popen:
 def session_processes(sessions: set[int]) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):  # gone meanwhile
             if os.getsid(proc.pid) in sessions and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
     return found
