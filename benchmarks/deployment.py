@@ -12,9 +12,10 @@ ledger's `secagg_round` rows); the first round, which includes start-up, is left
     python -m benchmarks.deployment --dp-mode distributed --rounds 12
 
 `--dp-mode local` (the default here) runs every site's own DP-SGD epoch under a full
-SecAgg+ round (five exchanges, four after the first: the next round's keys ride on this
-round's unmask); `distributed` runs distributed DP-SGD, one DP step per round in one
-exchange after the sites agreed keys (docs/distributed-dp.md).
+SecAgg+ round (five exchanges, three after the first: the next round's setup and
+share-keys ride on this round's consistency and unmask); `distributed` runs distributed
+DP-SGD, one DP step per round in one exchange after the sites agreed keys
+(docs/distributed-dp.md).
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ the clear only if the site allows that (require-secagg = false). Under secure ag
 the coordinator sends the SecAgg+ stages as `train.secagg` messages; the site checks its
 floor and budget at setup (declining before it joins), validates the masked-input request
 (or, in a multi-step session of distributed DP-SGD, the step request) before it spends
-anything, then trains and sends only its masked update. An unmask request may carry the
-next round's setup; the site answers it only as it would that setup sent alone
-(`_next_setup`).
+anything, then trains and sends only its masked update. A request may carry the next round's
+setup or share-keys; the site answers it only as it would that request sent alone
+(`_next_round`).
 Evaluation requests are refused unless the site allows them, and then answered with
 DP-noised sums whose cost is in the ledger. Requests arrive sealed and replies leave sealed
 (tasks/wire.py, `sealed_records`); a request whose records do not open is refused.
@@ -49,6 +49,7 @@ from tasks.wire import pack_model, protocol_message, protocol_records, seal, uns
 log = getLogger("fedvault.client")
 
 SECAGG_STATE = "secagg-client"
+SECAGG_NEXT_STATE = "secagg-next-client"
 
 
 def sealed_records(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -93,6 +94,8 @@ def secagg_handler(msg: Message, context: Context) -> Message:
     """One SecAgg+ stage; only setup (checks) and masked input (training) touch the data."""
     protocol = protocol_message(msg.content)
     stage = protocol.get(m.STAGE)
+    # A next session set up in advance lives until the site's next secure-aggregation request.
+    held = context.state.pop(SECAGG_NEXT_STATE, None)
 
     def answer(request: SiteRequest, site: Site, budget: SiteBudget) -> Message:
         _maybe_drop_out(site, str(stage))
@@ -137,8 +140,9 @@ def secagg_handler(msg: Message, context: Context) -> Message:
                 reply = client.handle(protocol)
         except SecAggProtocolError as exc:
             raise Refused("protocol-violation", f"{site.name}: {exc.reason}") from None
-        if stage == m.UNMASK and m.NEXT_SETUP in msg.content:
-            client, extra = _next_setup(msg, request, site, budget, context, client)
+        if m.NEXT_ROUND in msg.content:
+            client, carried = _next_round(msg, request, site, budget, context, client, held)
+            extra.update(carried)
         context.state[SECAGG_STATE] = ConfigRecord(client.to_state())
         return Message(content=RecordDict({**protocol_records(reply), **extra}), reply_to=msg)
 
@@ -207,39 +211,50 @@ def _check_budget_at_setup(
     budget.dry_run(event, request.server_round)
 
 
-def _next_setup(
+def _next_round(
     msg: Message,
     request: SiteRequest,
     site: Site,
     budget: SiteBudget,
     context: Context,
     client: SecAggClient,
+    held: ConfigRecord | None,
 ) -> tuple[SecAggClient, dict]:
-    """The next round's setup, carried by this round's unmask request.
+    """The next round's setup or share-keys, carried by a request of this round.
 
-    Checked as a setup request sent alone is: a setup stage, a new session, the next round
-    of the run, parameters and budget the site accepts. One that does not pass is left
-    unanswered (the next round then asks again, and a refusal is recorded then); the
-    unmask reply goes out either way. Returns the client to keep, and the records to add.
+    A setup rides on the stage before unmask. The site sets up the next session beside the
+    open one and holds it until its next request (`SECAGG_NEXT_STATE`). A share-keys rides
+    on unmask, for the session held; the next session then becomes the site's own. Each is
+    checked as it would be sent alone; a setup also must be for a round of the run and fit
+    the budget. One that does not pass is left unanswered and any held session dropped, so
+    the next round asks again; the request it rode on is answered either way. Returns the
+    client to keep, and the records to add to the reply.
     """
-    upcoming = dataclasses.replace(request, server_round=request.server_round + 1)
-    candidate = SecAggClient.from_state(
-        client.to_state(), client.identity, client.min_peers, client.context
-    )
     try:
-        protocol = dict(msg.content[m.NEXT_SETUP])
-        if m.read_header(protocol).stage != m.SETUP:
-            raise malformed("the next round's setup is not a setup request")
-        if upcoming.server_round > request.settings.num_rounds:
-            raise malformed(f"round {upcoming.server_round} is past the run's last round")
-        _maybe_drop_out(site, m.SETUP)
-        if request.settings.dp:
-            _check_budget_at_setup(upcoming, site, budget, protocol, context)
-        reply = candidate.handle(protocol)
+        protocol = dict(msg.content[m.NEXT_ROUND])
+        carried = m.read_header(protocol).stage
+        params = client.params
+        before_unmask = m.CONSISTENCY if params.authenticated else m.MASKED_INPUT
+        if carried == m.SETUP and client.stage == before_unmask and not params.multi_step:
+            upcoming = dataclasses.replace(request, server_round=request.server_round + 1)
+            if upcoming.server_round > request.settings.num_rounds:
+                raise malformed(f"round {upcoming.server_round} is past the run's last round")
+            _maybe_drop_out(site, m.SETUP)
+            if request.settings.dp:
+                _check_budget_at_setup(upcoming, site, budget, protocol, context)
+            following, reply = client.setup_next(protocol)
+            context.state[SECAGG_NEXT_STATE] = ConfigRecord(following.to_state())
+            return client, {m.NEXT_ROUND: ConfigRecord(reply)}
+        if carried == m.SHARE_KEYS and client.stage == m.UNMASK and held is not None:
+            _maybe_drop_out(site, m.SHARE_KEYS)
+            following = SecAggClient.from_state(
+                dict(held), client.identity, client.min_peers, client.context
+            )
+            return following, {m.NEXT_ROUND: ConfigRecord(following.handle(protocol))}
+        raise malformed(f"a {carried} request of the next round cannot ride on {client.stage}")
     except (Refused, SecAggProtocolError, FedVaultError) as exc:
-        log.warning("%s: the next round's setup left unanswered: %s", site.name, exc)
+        log.warning("%s: the next round's request left unanswered: %s", site.name, exc)
         return client, {}
-    return candidate, {m.NEXT_SETUP: ConfigRecord(reply)}
 
 
 def _maybe_drop_out(site: Site, stage: str) -> None:

@@ -1,7 +1,7 @@
 """One request-reply exchange with the sites, without Flower's fixed pull sleeps.
 
 `Grid.send_and_receive` sleeps a fixed interval between pulls: 3 s on a deployment's
-SuperLink, 0.1 s in simulation. A secure round makes four or five exchanges, so on a
+SuperLink, 0.1 s in simulation. A secure round makes three to five exchanges, so on a
 deployment the sleeps alone would cost up to 15 s a round. Here the ServerApp pushes the
 messages and pulls replies itself. In simulation it polls at 20 ms, backing off to 50 ms
 while nothing arrives, so an exchange ends within 50 ms of its last reply (a distributed

@@ -7,8 +7,8 @@ round's training instruction (global model and settings) rides on the masked-inp
 learns the weighted sum of the vectors of the sites whose masked input arrived, and nothing
 about any one of them.
 
-Rounds (`SecureRounds`) ask for the next round's keys in their last exchange, so a round
-after the first starts at share-keys when it asks the same sites.
+Rounds (`SecureRounds`) agree the next round's keys in their last two exchanges, so a
+round after the first starts at masked input when it asks the same sites.
 
 Distributed DP-SGD takes one secure sum per step, hundreds per run, so it runs sessions
 (`SecureSteps`): the sites agree keys once (setup and share-keys), then each step is a single
@@ -62,22 +62,23 @@ class SecureRound:
 
 @dataclass
 class _Prepared:
-    """A round's session whose setup was answered in the last exchange of the round before."""
+    """A round's session whose keys were agreed in the last exchanges of the round before."""
 
     server: SecAggServer
     node_ids: list[int]
-    replies: dict[int, dict]
 
 
 class SecureRounds:
-    """Single SecAgg+ rounds, each round's keys asked for in the round before.
+    """Single SecAgg+ rounds, each round's keys agreed in the round before.
 
-    A round's setup asks every site for fresh keys, an exchange of its own. When the next
-    round asks the same sites, this round's unmask requests carry its setup requests
-    (`m.NEXT_SETUP`), and each site answers both; the next round then starts at share-keys.
-    A site checks a setup carried this way as it checks one sent alone, and may leave it
-    unanswered. If the next round asks other sites, or any site did not answer its setup
-    (a dropout, a refusal), the next round runs a setup of its own.
+    A round's setup and share-keys are two exchanges before any site trains. When the next
+    round asks the same sites, this round carries them (`m.NEXT_ROUND`): the stage before
+    unmask carries the next round's setup requests, and unmask its share-keys requests.
+    Each site answers both requests of the exchange; the next round then starts at masked
+    input. A site checks a carried request as it checks one sent alone, and may leave it
+    unanswered. If the next round asks other sites, or any site of it did not answer a
+    carried request (a dropout, a refusal), or answered it wrongly, the next round runs a
+    setup of its own.
     """
 
     def __init__(self, config: SecAggConfig, vector_length: int, prefix: str) -> None:
@@ -99,12 +100,10 @@ class SecureRounds:
         """Run round `server_round`; only the weighted sum of the sites' vectors comes back.
 
         `ask_next`: a next round follows and should ask the same sites (no sampling), so its
-        setup rides on this round's unmask. `on_stage(stage, answered, asked, seconds)` is
-        told when each exchange ends."""
+        keys are agreed in this round's last exchanges. `on_stage(stage, answered, asked,
+        seconds)` is told when each exchange ends."""
         prepared, self._next = self._next, None
-        if prepared is not None and (
-            prepared.node_ids != sorted(node_ids) or set(prepared.replies) != set(node_ids)
-        ):
+        if prepared is not None and prepared.node_ids != sorted(node_ids):
             prepared = None
         server = (
             prepared.server
@@ -121,24 +120,48 @@ class SecureRounds:
                 node_ids,
                 self.vector_length,
             )
+        carry_setup_at = server.stages[-2]
+        known = len(server.rejections)  # a prepared session's were the round before's
         outcome = SecureRound(threshold=server.params.threshold, session=server.session)
         try:
-            if prepared is not None:
-                server.receive(prepared.replies.values())
             while not server.done:
-                attach = upcoming.requests() if upcoming and server.stage == m.UNMASK else None
-                answers = _exchange_stage(
+                attach = None
+                if upcoming is not None and (server.stage, upcoming.stage) in (
+                    (carry_setup_at, m.SETUP),
+                    (m.UNMASK, m.SHARE_KEYS),
+                ):
+                    attach = upcoming.requests()
+                carried = _exchange_stage(
                     grid, server, arrays, train_config, outcome, on_stage, attach
                 )
-                if upcoming is not None and attach is not None:
-                    self._next = _Prepared(upcoming, sorted(node_ids), answers)
+                if attach is not None:
+                    upcoming = _advance(upcoming, node_ids, carried, outcome)
             _take_result(server, outcome)
         except SecAggAbort as exc:
             outcome.aborted = exc.reason
         finally:
             outcome.dropped = dict(server.dropped)
-            outcome.rejections.extend(server.rejections)
+            outcome.rejections.extend(server.rejections[known:])
+        if upcoming is not None and upcoming.stage == m.MASKED_INPUT:
+            self._next = _Prepared(upcoming, sorted(node_ids))
         return outcome
+
+
+def _advance(
+    upcoming: SecAggServer, node_ids: list[int], carried: list[dict], outcome: SecureRound
+) -> SecAggServer | None:
+    """The next round's session after a carried stage, or None if any site missed it."""
+    answered = {reply[m.SENDER] for reply in carried}
+    if answered != set(node_ids):
+        return None
+    known = len(upcoming.rejections)
+    try:
+        upcoming.receive(carried)
+    except SecAggAbort:
+        return None
+    finally:
+        outcome.rejections.extend(upcoming.rejections[known:])
+    return None if upcoming.dropped else upcoming
 
 
 class SecureSteps:
@@ -245,11 +268,11 @@ def _exchange_stage(
     outcome: SecureRound,
     on_stage: StageFn | None,
     attach: dict[int, dict] | None = None,
-) -> dict[int, dict]:
+) -> list[dict]:
     """Send the current stage's requests, wait for the replies, hand them to the server.
 
-    `attach`: the next round's setup request for each site, carried with this stage's;
-    returns the setup replies that came back with this stage's replies, by site.
+    `attach`: the next round's request for each site, carried with this stage's; returns
+    the replies to them that came back with this stage's replies.
     """
     stage = server.stage
     model = pack_model(arrays) if stage in _CARRIES_MODEL else None
@@ -257,7 +280,7 @@ def _exchange_stage(
     for node_id, request in server.requests().items():
         content = _request_content(request, model, train_config)
         if attach is not None and node_id in attach:
-            content[m.NEXT_SETUP] = ConfigRecord(attach[node_id])
+            content[m.NEXT_ROUND] = ConfigRecord(attach[node_id])
         messages.append(
             Message(content=content, dst_node_id=node_id, message_type=SECAGG_MESSAGE_TYPE)
         )
@@ -270,12 +293,8 @@ def _exchange_stage(
         on_stage(stage, len(replies), len(messages), outcome.stage_seconds[stage])
     server.receive(_protocol_replies(stage, replies, outcome))
     if attach is None:
-        return {}
-    return {
-        reply.metadata.src_node_id: dict(reply.content[m.NEXT_SETUP])
-        for reply in replies
-        if not reply.has_error() and m.NEXT_SETUP in reply.content
-    }
+        return []
+    return _carried_replies(stage, replies, outcome)
 
 
 def _take_result(server: SecAggServer, outcome: SecureRound) -> None:
@@ -311,12 +330,30 @@ def _protocol_replies(stage: str, replies: object, outcome: SecureRound) -> list
         except (KeyError, ValueError) as exc:
             outcome.rejections.append(f"{stage}: node {sender}: malformed reply ({exc})")
             continue
-        if message.get(m.SENDER) != sender:
-            reason = f"{stage}: reply from node {sender} claims sender {message.get(m.SENDER)}"
-            outcome.rejections.append(reason)
-            log.warning("secure aggregation: rejected a reply: %s", reason)
-            continue
-        accepted.append(message)
-        if stage in _CARRIES_MODEL:
-            outcome.updates.append(reply)
+        if _from_sender(stage, sender, message, outcome):
+            accepted.append(message)
+            if stage in _CARRIES_MODEL:
+                outcome.updates.append(reply)
     return accepted
+
+
+def _carried_replies(stage: str, replies: object, outcome: SecureRound) -> list[dict]:
+    """The answers to the next round's requests that rode on a stage's replies."""
+    carried = []
+    for reply in replies:
+        if reply.has_error() or m.NEXT_ROUND not in reply.content:
+            continue
+        message = dict(reply.content[m.NEXT_ROUND])
+        if _from_sender(f"{stage} (next round)", reply.metadata.src_node_id, message, outcome):
+            carried.append(message)
+    return carried
+
+
+def _from_sender(stage: str, sender: int, message: dict, outcome: SecureRound) -> bool:
+    """A reply must name the node it came from: a site cannot answer for another."""
+    if message.get(m.SENDER) == sender:
+        return True
+    reason = f"{stage}: reply from node {sender} claims sender {message.get(m.SENDER)}"
+    outcome.rejections.append(reason)
+    log.warning("secure aggregation: rejected a reply: %s", reason)
+    return False

@@ -164,14 +164,14 @@ def secure_round(
     session: str = "s/1",
     replay: str | None = None,
     extra_coordinates: int = 0,
-    at_unmask: Callable[[int, dict], dict] | None = None,
-    unmasked: list[Message] | None = None,
+    carry: Callable[[str, int, dict], dict] | None = None,
+    answers: dict[str, list[Message]] | None = None,
 ) -> tuple[list[Message], list[Message], SecAggServer]:
-    """Drive the four SecAgg+ stages at `sites`; return the masked-input replies, the replies
+    """Drive the SecAgg+ stages at `sites`; return the masked-input replies, the replies
     to a stage's requests sent a second time (if `replay` names one), and the server.
     `extra_coordinates` follow the model delta in the vector (adaptive clipping's count).
-    `at_unmask(node, request)` gives records to add to a site's unmask request; the unmask
-    replies are appended to `unmasked`."""
+    `carry(stage, node, request)` gives records to add to a site's request; each stage's
+    replies are put in `answers`, by stage, as soon as they are in."""
     from privacy.secagg import SecAggAbort, SecAggConfig
     from privacy.secagg import messages as m
     from tasks.wire import protocol_message, protocol_records, update_length
@@ -187,8 +187,8 @@ def secure_round(
         for node, request in server.requests().items():
             extra = {"arrays": arrays} if stage == m.MASKED_INPUT else None
             records = protocol_records(request)
-            if stage == m.UNMASK and at_unmask is not None:
-                records.update(at_unmask(node, request))
+            if carry is not None:
+                records.update(carry(stage, node, request))
             outgoing[node] = (extra, records)
         replies = []
         for node, (extra, records) in outgoing.items():
@@ -202,8 +202,8 @@ def secure_round(
                 replayed.append(by_id[node].ask(again, run_id))
         if stage == m.MASKED_INPUT:
             masked = replies
-        if stage == m.UNMASK and unmasked is not None:
-            unmasked.extend(replies)
+        if answers is not None:
+            answers[stage] = replies
         try:
             server.receive([protocol_message(r.content) for r in replies if "secagg" in r.content])
         except SecAggAbort:

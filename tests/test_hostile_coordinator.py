@@ -416,10 +416,10 @@ def test_client_level_floors_are_the_sites(tmp_path):
     assert spent(site) == []
 
 
-def test_the_next_rounds_setup_in_an_unmask_request_is_checked_like_a_setup(tmp_path):
-    """An unmask request may carry the next round's setup (server/secure_round.py
+def test_the_next_rounds_setup_rides_on_consistency_and_is_checked_like_a_setup(tmp_path):
+    """The stage before unmask may carry the next round's setup (server/secure_round.py
     `SecureRounds`). A site answers it only where it would answer that setup sent alone,
-    and answers the unmask either way."""
+    and answers the request it rode on either way."""
     from privacy.secagg import SecAggConfig, SecAggServer
     from privacy.secagg import messages as m
     from tasks.wire import protocol_message, update_length
@@ -435,46 +435,124 @@ def test_the_next_rounds_setup_in_an_unmask_request_is_checked_like_a_setup(tmp_
     downgraded = SecAggServer(SecAggConfig(authenticated=False), "s/2/early", ids, length)
     crafted = {
         31: lambda request: upcoming[31],  # a setup as the server would send it
-        32: lambda request: request,  # the unmask request itself, a second time
+        32: lambda request: request,  # the consistency request itself, a second time
         33: lambda request: {**upcoming[33], m.SESSION: "s/1"},  # this round's session
         34: lambda request: downgraded.requests()[34],  # the semi-honest protocol
     }
-    unmasked: list = []
-    _, _, server = secure_round(
-        sites,
-        config,
-        7,
-        arrays,
-        at_unmask=lambda node, request: {m.NEXT_SETUP: ConfigRecord(crafted[node](request))},
-        unmasked=unmasked,
-    )
-    assert server.done and server.result().num_clients == 4  # every unmask was answered
-    answered = {r.metadata.src_node_id: r for r in unmasked}
-    assert all(refusal(r) is None for r in unmasked)
-    assert all(protocol_message(r.content)[m.STAGE] == m.UNMASK for r in unmasked)
-    setup = dict(answered[31].content[m.NEXT_SETUP])
+
+    def carry(stage: str, node: int, request: dict) -> dict:
+        if stage == m.CONSISTENCY:
+            return {m.NEXT_ROUND: ConfigRecord(crafted[node](request))}
+        # On any other stage, even a genuine setup is out of place.
+        return {m.NEXT_ROUND: ConfigRecord(upcoming[node])}
+
+    answers: dict = {}
+    _, _, server = secure_round(sites, config, 7, arrays, carry=carry, answers=answers)
+    assert server.done and server.result().num_clients == 4  # every request was answered
+    assert all(refusal(r) is None for replies in answers.values() for r in replies)
+    signed = {r.metadata.src_node_id: r for r in answers[m.CONSISTENCY]}
+    assert all(protocol_message(r.content)[m.STAGE] == m.CONSISTENCY for r in signed.values())
+    setup = dict(signed[31].content[m.NEXT_ROUND])
     assert (setup[m.SESSION], setup[m.STAGE], setup[m.SENDER]) == ("s/2/early", m.SETUP, 31)
-    assert [n for n in (32, 33, 34) if m.NEXT_SETUP in answered[n].content] == []
+    assert [n for n in (32, 33, 34) if m.NEXT_ROUND in signed[n].content] == []
+    others = [r for stage, replies in answers.items() if stage != m.CONSISTENCY for r in replies]
+    assert len(others) == 16 and all(m.NEXT_ROUND not in r.content for r in others)
     assert all(len(spent(s)) == 1 for s in sites)  # one round trained, nothing more
 
-    # The last round's unmask: no round follows, so no setup is answered.
+    # The last round's consistency: no round follows, so no setup is answered.
     last = run_config(tmp_path / "sites", secagg=True, **{"num-rounds": 1})
-    unmasked.clear()
+    answers.clear()
     secure_round(
         sites[:3],
         last,
         8,
         arrays,
         session="t/1",
-        at_unmask=lambda node, request: {m.NEXT_SETUP: ConfigRecord(upcoming[node])},
-        unmasked=unmasked,
+        carry=lambda stage, node, request: {m.NEXT_ROUND: ConfigRecord(upcoming[node])},
+        answers=answers,
     )
-    assert len(unmasked) == 3 and all(m.NEXT_SETUP not in r.content for r in unmasked)
+    assert [m.NEXT_ROUND in r.content for r in answers[m.CONSISTENCY]] == [False] * 3
+
+
+def test_the_next_rounds_share_keys_rides_on_unmask_for_the_session_the_site_holds(tmp_path):
+    """Unmask may carry the next round's share-keys. A site answers it only for the next
+    session it set up on the request before and holds, and that session is then its own.
+    Otherwise it answers the unmask alone and drops the session it held for good: a later
+    setup or share-keys for that session is refused as stale."""
+    from client.app import SECAGG_NEXT_STATE, SECAGG_STATE
+    from privacy.secagg import SecAggClient, SecAggConfig, SecAggServer, crypto
+    from privacy.secagg import messages as m
+    from tasks.wire import protocol_message, protocol_records, update_length
+
+    sites = [Site(tmp_path / "sites", index=i, of=5, node_id=31 + i) for i in range(5)]
+    for s in sites:
+        s.configure(max_epsilon=20.0)
+    by_id = {s.node_id: s for s in sites}
+    config = run_config(tmp_path / "sites", secagg=True, **{"num-rounds": 2})
+    arrays = initial_arrays(config)
+    ids = sorted(by_id)
+    upcoming = SecAggServer(SecAggConfig(), "s/2/early", ids, update_length(unpack_model(arrays)))
+    setups = upcoming.requests()
+    signing: dict[int, dict] = {}
+    answers: dict = {}
+
+    def carry(stage: str, node: int, request: dict) -> dict:
+        if stage == m.CONSISTENCY:
+            signing[node] = request
+            return {m.NEXT_ROUND: ConfigRecord(setups[node])}
+        if stage != m.UNMASK:
+            return {}
+        if upcoming.stage == m.SETUP:
+            upcoming.receive([dict(r.content[m.NEXT_ROUND]) for r in answers[m.CONSISTENCY]])
+        genuine = upcoming.requests()
+        if node == 32:  # another request comes between: the consistency request, replayed
+            replayed = by_id[32].ask(
+                message("train.secagg", config, 7, 32, None, protocol_records(signing[32])), 7
+            )
+            assert refusal(replayed)["reason"] == "protocol-violation"
+        substituted = list(genuine[35][m.PEER_MASK_PKS])
+        substituted[0] = crypto.new_key_pair()[1]  # a key of the server's own for a peer
+        crafted = {
+            31: genuine[31],
+            32: genuine[32],
+            33: {**genuine[33], m.SESSION: "s/1"},  # this round's session
+            34: genuine[35],  # another site's request
+            35: {**genuine[35], m.PEER_MASK_PKS: substituted},
+        }
+        return {m.NEXT_ROUND: ConfigRecord(crafted[node])}
+
+    _, _, server = secure_round(sites, config, 7, arrays, carry=carry, answers=answers)
+    assert server.done and server.result().num_clients == 5
+    unmasked = {r.metadata.src_node_id: r for r in answers[m.UNMASK]}
+    assert all(refusal(r) is None for r in unmasked.values())
+    assert all(protocol_message(r.content)[m.STAGE] == m.UNMASK for r in unmasked.values())
+    shared = dict(unmasked[31].content[m.NEXT_ROUND])
+    assert (shared[m.SESSION], shared[m.STAGE], shared[m.SENDER]) == (
+        "s/2/early",
+        m.SHARE_KEYS,
+        31,
+    )
+    assert len(shared[m.CIPHERTEXTS]) == 4  # one sealed pair of shares per peer
+    assert [n for n in (32, 33, 34, 35) if m.NEXT_ROUND in unmasked[n].content] == []
+    for site in sites:
+        assert SECAGG_NEXT_STATE not in site.state
+        held = SecAggClient.from_state(dict(site.state[SECAGG_STATE]))
+        if site.node_id == 31:
+            assert (held.session, held.stage) == ("s/2/early", m.SHARE_KEYS)
+            continue
+        assert (held.session, held.stage) == ("s/1", m.UNMASK)
+        for request in (setups[site.node_id], upcoming.requests()[site.node_id]):
+            records = protocol_records(request)
+            again = site.ask(message("train.secagg", config, 7, site.node_id, None, records), 7)
+            record = refusal(again)
+            assert record is not None, f"site {site.node_id} answered {request[m.STAGE]}"
+            assert record["reason"] == "protocol-violation" and "stale" in record["message"]
+    assert all(len(spent(s)) == 1 for s in sites)
 
 
 def test_a_carried_setup_for_a_round_the_budget_cannot_pay_is_not_answered(tmp_path):
     """The next round's setup is checked against the site's budget as a setup alone is:
-    a site with room for one round answers this round's unmask, and no setup."""
+    a site with room for one round answers this round's requests, and no setup."""
     from privacy.secagg import SecAggConfig, SecAggServer
     from privacy.secagg import messages as m
     from tasks.wire import update_length
@@ -492,24 +570,27 @@ def test_a_carried_setup_for_a_round_the_budget_cannot_pay_is_not_answered(tmp_p
         upcoming = SecAggServer(
             SecAggConfig(), "s/2/early", ids, update_length(unpack_model(arrays))
         ).requests()
-        unmasked: list = []
+        answers: dict = {}
         _, _, server = secure_round(
             sites,
             config,
             9,
             arrays,
-            at_unmask=lambda node, request: {m.NEXT_SETUP: ConfigRecord(upcoming[node])},
-            unmasked=unmasked,
+            carry=lambda stage, node, request: (
+                {m.NEXT_ROUND: ConfigRecord(upcoming[node])} if stage == m.CONSISTENCY else {}
+            ),
+            answers=answers,
         )
-        assert server.done and all(refusal(r) is None for r in unmasked)
-        return unmasked
+        signed = answers[m.CONSISTENCY]
+        assert server.done and all(refusal(r) is None for r in signed)
+        return signed
 
     roomy = sites_with(50.0, tmp_path / "roomy")
-    assert all(m.NEXT_SETUP in r.content for r in round_one(roomy, tmp_path / "roomy"))
+    assert all(m.NEXT_ROUND in r.content for r in round_one(roomy, tmp_path / "roomy"))
     one_round = max(float(spent(s)[0]["epsilon-after"]) for s in roomy)
 
     tight = sites_with(round(one_round * 1.01, 4), tmp_path / "tight")
-    assert all(m.NEXT_SETUP not in r.content for r in round_one(tight, tmp_path / "tight"))
+    assert all(m.NEXT_ROUND not in r.content for r in round_one(tight, tmp_path / "tight"))
     for s in tight:
         assert len(spent(s)) == 1  # round 1, and nothing for round 2
         assert s.ledger_rows("refusal") == []  # recorded when round 2's own setup asks

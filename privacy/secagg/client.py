@@ -226,6 +226,23 @@ class SecAggClient:
             reply.update({m.NAME: name, m.SIGNATURE: self.identity.sign(signed)})
         return reply
 
+    def setup_next(self, request: Mapping[str, Any]) -> tuple[SecAggClient, m.Message]:
+        """Set up the session that follows this one while this one is still open.
+
+        The two sessions live in two clients. The new one counts this client's sessions, the
+        open one included, as past; this client counts the new one as past. So neither
+        answers a request for the other's session, and once either is dropped, no setup for
+        the new session is answered again. Returns the new client and its setup reply; a
+        refused setup changes neither client.
+        """
+        if self._s is None:
+            raise SecAggProtocolError("setup of a next session while no session is open")
+        upcoming = SecAggClient(self.client_id, self.identity, self.min_peers, self.context)
+        upcoming._past_sessions = [*self._past_sessions, self._s.session][-PAST_SESSIONS_KEPT:]
+        reply = upcoming.setup(request)
+        self._past_sessions = [*self._past_sessions, upcoming.session][-PAST_SESSIONS_KEPT:]
+        return upcoming, reply
+
     def share_keys(self, request: Mapping[str, Any]) -> m.Message:
         """Stage 2: Shamir-share the self-mask seed and the masking key among the neighbours."""
         h, s = self._check_request(request, m.SHARE_KEYS)

@@ -33,9 +33,10 @@ STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, CONSISTENCY, UNMASK)
 SEMI_HONEST_STAGES = (SETUP, SHARE_KEYS, MASKED_INPUT, UNMASK)
 SESSION_STAGES = (SETUP, SHARE_KEYS, STEP)
 ALL_STAGES = (*STAGES, STEP)
-NEXT_SETUP = "next-setup"
-"""The record of an unmask request that carries the next round's setup request, and of the
-unmask reply that carries the site's setup reply (server/secure_round.py `SecureRounds`)."""
+NEXT_ROUND = "next-round"
+"""The record of a request that carries the next round's setup (with the stage before
+unmask) or share-keys request (with unmask), and of the reply that carries the site's
+answer to it (server/secure_round.py `SecureRounds`)."""
 
 # Header, in every message.
 SESSION = "session"
