@@ -328,14 +328,14 @@ def _integer_order_epsilon(events: Sequence[PrivacyEvent], delta: float) -> floa
     return float(epsilon)
 
 
-def _history(events: Sequence[PrivacyEvent]) -> list[tuple[float, float, int]]:
+def _history(events: Sequence[PrivacyEvent]) -> tuple[tuple[float, float, int], ...]:
     """Opacus history with one entry per distinct (sigma, q) (the clip norm does not count).
 
     Composition is commutative, so merging is exact; it keeps PRV fast, whose cost grows with
     the number of distinct entries, not with steps.
     """
     unit_clip = [replace(event, clip_norm=1.0) for event in events]
-    return [(e.noise_multiplier, e.sample_rate, e.steps) for e in merged(unit_clip)]
+    return tuple((e.noise_multiplier, e.sample_rate, e.steps) for e in merged(unit_clip))
 
 
 def compute_epsilon(events: Sequence[PrivacyEvent], delta: float, accountant: str = "prv") -> float:
@@ -369,11 +369,14 @@ def compute_epsilon(events: Sequence[PrivacyEvent], delta: float, accountant: st
     return _opacus_epsilon(cls, history, delta)
 
 
+@functools.lru_cache(maxsize=256)
 def _opacus_epsilon(
-    cls: type[IAccountant], history: list[tuple[float, float, int]], delta: float
+    cls: type[IAccountant], history: tuple[tuple[float, float, int], ...], delta: float
 ) -> float:
+    """Memoised: a site composes the same history more than once a round (the prv guard's
+    rdp bound, then the rdp epsilon it reports), each a fraction of a second."""
     acct = cls()
-    acct.history = history
+    acct.history = list(history)
     with warnings.catch_warnings(), np.errstate(divide="ignore"):
         # RDP warns when the best order is at the edge of its grid (the bound stays valid);
         # PRV takes log(1 - q) = -inf when q = 1, which it handles.
