@@ -5,7 +5,7 @@ import pytest
 import torch
 from opacus.validators import ModuleValidator
 
-from tasks.datasets import load_digits, load_mnist1d
+from tasks.datasets import load_digits, load_mnist1d, make_mnist1d
 from tasks.models import CNN1D, MLP, DigitsCNN
 from tasks.registry import build_model
 
@@ -29,6 +29,19 @@ def test_mnist1d_shapes_determinism_offline_and_cache(no_network, tmp_path, monk
     np.testing.assert_array_equal(first.x_train, again.x_train)
     other = load_mnist1d(600, 200, seed=4)
     assert not np.array_equal(first.x_train, other.x_train)
+
+
+@pytest.mark.parametrize(("num_samples", "train_split", "seed"), [(800, 0.8, 0), (1237, 0.9, 7)])
+def test_mnist1d_is_the_packages_dataset_array_for_array(num_samples, train_split, seed):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.train_split, args.seed = num_samples, train_split, seed
+    package = make_dataset(args)
+    ours = make_mnist1d(num_samples, train_split, seed)
+    for name in ("x", "y", "x_test", "y_test"):
+        assert ours[name].dtype == package[name].dtype, name
+        np.testing.assert_array_equal(ours[name], package[name], err_msg=name)
 
 
 def test_digits_shapes_and_determinism(no_network):
