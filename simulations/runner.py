@@ -210,18 +210,16 @@ def _run_id_of(out: Path) -> str:
 def _start_ray(cluster: RayCluster) -> dict[str, float]:
     """Start or join Ray; the resources one simulated site reserves (Flower's client_resources).
 
-    The offline settings travel as the job's environment, so that sites on other nodes run
-    with them too. Flower sees Ray initialised and uses this connection. On failure Ray is
-    left down.
+    On a cluster the offline settings travel as the job's environment, so that sites on other
+    nodes run with them too. A local instance's workers inherit them from this process (set by
+    `simulate`), and without a job environment Ray does not first set one up for the sites'
+    actors (about 2 s per run). Flower sees Ray initialised and uses this connection. On
+    failure Ray is left down.
     """
     import ray
     from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
 
-    options = {
-        "include_dashboard": False,
-        "logging_level": logging.WARNING,
-        "runtime_env": {"env_vars": dict(OFFLINE_ENV)},
-    }
+    options = {"include_dashboard": False, "logging_level": logging.WARNING}
     if cluster.address is None:  # "local": a new instance, whatever RAY_ADDRESS or `ray start` say
         ray.init(address="local", num_cpus=os.cpu_count() or 1, **options)
         where = "this machine"
@@ -229,7 +227,11 @@ def _start_ray(cluster: RayCluster) -> dict[str, float]:
         if cluster.address != "auto":
             _probe(cluster.address)
         try:
-            ray.init(address=cluster.address, **options)
+            ray.init(
+                address=cluster.address,
+                runtime_env={"env_vars": dict(OFFLINE_ENV)},
+                **options,
+            )
         except ConnectionError as exc:
             reason = str(exc).strip().splitlines()[0]
             raise FedVaultError(
