@@ -26,7 +26,7 @@ from pathlib import Path
 import tomli_w
 
 from cli.processes import executable, flower_env
-from client.approval import app_build_hash
+from client.approval import app_build_hash, stage_app
 from privacy.errors import FedVaultError
 from privacy.identity import ROSTER_FILE
 from server.superlink import FlwrControl, control_target, read_toml
@@ -197,7 +197,7 @@ def _run(args: argparse.Namespace) -> int:
             f"approved it: fedvault approve {build} --state-dir SITE_STATE)",
             flush=True,
         )
-        run_id = control.start_run(app_dir, config_file)
+        run_id = control.start_run(stage_app(app_dir, Path(tmp, "app")), config_file)
         print(f"fedvault: started run {run_id} on {target.address}", flush=True)
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:

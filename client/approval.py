@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import os
 import re
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -78,6 +79,22 @@ def app_files(root: Path) -> dict[str, Path]:
                 continue
             files[path.relative_to(root).as_posix()] = path
     return files
+
+
+def stage_app(app_dir: str | Path, target: Path) -> Path:
+    """Copy into `target` the files the app's FAB is built from; `target`.
+
+    `flwr run` builds the FAB itself, from every file under the directory it is given: given
+    this copy, it builds the same FAB (the same files, filtered by the same rules) without
+    walking the app's virtualenv and caches.
+    """
+    from flwr.cli.utils import filter_paths_for_publish
+
+    for name, source in filter_paths_for_publish(app_files(Path(app_dir).resolve())).items():
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+    return target
 
 
 def _normalise(value: str) -> str:
