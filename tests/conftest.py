@@ -20,7 +20,6 @@ LONGEST_FIRST = (
     "test_deployment_walkthrough.py",
     "test_distributed_dp_runs.py",
     "test_client_level_dp_runs.py",
-    "test_run_validation.py",
     "test_hostile_coordinator.py",
     "test_deploy_cli.py",
     "test_site_autonomy_e2e.py",
