@@ -325,6 +325,32 @@ def test_secure_aggregate_with_a_dropout_equals_the_survivors_plain_average(
     assert all(any(stage in reason for reason in r["dropped"].values()) for r in records)
 
 
+def test_semi_honest_rounds_agree_the_next_keys_on_masked_input_and_unmask(tmp_path):
+    """Without the consistency stage, the next round's setup rides on masked input: a
+    round after the first is two exchanges, and every site's update is in each sum."""
+    out = tmp_path / "semi-honest"
+    scenario = Scenario(
+        "semi-honest",
+        run={**TINY, "secagg": True, "secagg-authenticated": False, "num-rounds": 2},
+        num_sites=3,
+        sites=NON_PRIVATE,
+    )
+    seen = []
+    simulate(scenario, out, progress=seen.append)
+    stages = [(r["round"], r["stage"], r["answered"]) for r in seen if r.get("kind") == "stage"]
+    assert stages == [
+        (1, stage, 3) for stage in ("setup", "share-keys", "masked-input", "unmask")
+    ] + [(2, stage, 3) for stage in ("masked-input", "unmask")]
+    records = ledger_payloads(out, "secagg_round")
+    assert [r["session"].split("/", 1)[1] for r in records] == ["1", "2/early"]
+    assert [(r["contributors"], r["dropped"], r["rejections"]) for r in records] == [
+        (3, {}, []),
+        (3, {}, []),
+    ]
+    rounds = metrics(out)
+    assert rounds[2]["test-accuracy"] > rounds[0]["test-accuracy"] + 0.1
+
+
 def test_after_a_dropout_the_next_round_agrees_keys_with_every_site_again(tmp_path):
     """A site that left at unmask answered no setup for the next round: that round asks
     every site for keys in a setup of its own, and the site is back in it."""
