@@ -60,14 +60,6 @@ class SecureRound:
     session: str = ""
 
 
-@dataclass
-class _Prepared:
-    """A round's session whose keys were agreed in the last exchanges of the round before."""
-
-    server: SecAggServer
-    node_ids: list[int]
-
-
 class SecureRounds:
     """Single SecAgg+ rounds, each round's keys agreed in the round before.
 
@@ -85,7 +77,7 @@ class SecureRounds:
         self.config = config
         self.vector_length = vector_length
         self.prefix = prefix
-        self._next: _Prepared | None = None
+        self._next: SecAggServer | None = None  # the next round's session, at masked input
 
     def train(
         self,
@@ -103,10 +95,10 @@ class SecureRounds:
         keys are agreed in this round's last exchanges. `on_stage(stage, answered, asked,
         seconds)` is told when each exchange ends."""
         prepared, self._next = self._next, None
-        if prepared is not None and prepared.node_ids != sorted(node_ids):
+        if prepared is not None and list(prepared.members) != sorted(node_ids):
             prepared = None
         server = (
-            prepared.server
+            prepared
             if prepared is not None
             else SecAggServer(
                 self.config, f"{self.prefix}/{server_round}", node_ids, self.vector_length
@@ -135,7 +127,7 @@ class SecureRounds:
                     grid, server, arrays, train_config, outcome, on_stage, attach
                 )
                 if attach is not None:
-                    upcoming = _advance(upcoming, node_ids, carried, outcome)
+                    upcoming = _advance(upcoming, carried, outcome)
             _take_result(server, outcome)
         except SecAggAbort as exc:
             outcome.aborted = exc.reason
@@ -143,17 +135,15 @@ class SecureRounds:
             outcome.dropped = dict(server.dropped)
             outcome.rejections.extend(server.rejections[known:])
         if upcoming is not None and upcoming.stage == m.MASKED_INPUT:
-            self._next = _Prepared(upcoming, sorted(node_ids))
+            self._next = upcoming
         return outcome
 
 
 def _advance(
-    upcoming: SecAggServer, node_ids: list[int], carried: list[dict], outcome: SecureRound
+    upcoming: SecAggServer, carried: list[dict], outcome: SecureRound
 ) -> SecAggServer | None:
-    """The next round's session after a carried stage, or None if any site missed it."""
-    answered = {reply[m.SENDER] for reply in carried}
-    if answered != set(node_ids):
-        return None
+    """The next round's session after a carried stage, or None if any site missed it (the
+    session drops a site that did not answer, or answered wrongly)."""
     known = len(upcoming.rejections)
     try:
         upcoming.receive(carried)

@@ -88,17 +88,17 @@ def test_the_next_rounds_session_goes_on_only_if_every_site_answered_it():
         return [SecAggClient(c).handle(r) for c, r in upcoming.requests().items()]
 
     everyone = SecAggServer(config, "s/2/early", ids, 8)
-    assert _advance(everyone, ids, setup_replies(everyone), SecureRound()) is everyone
+    assert _advance(everyone, setup_replies(everyone), SecureRound()) is everyone
     assert everyone.stage == m.SHARE_KEYS
 
     missing = SecAggServer(config, "s/2/early", ids, 8)
-    assert _advance(missing, ids, setup_replies(missing)[:2], SecureRound()) is None
+    assert _advance(missing, setup_replies(missing)[:2], SecureRound()) is None
 
     wrong = SecAggServer(config, "s/2/early", ids, 8)
     answers = setup_replies(wrong)
     answers[2] = {**answers[2], m.NONCE: bytes(m.NONCE_BYTES)}  # answers another request
     outcome = SecureRound()
-    assert _advance(wrong, ids, answers, outcome) is None
+    assert _advance(wrong, answers, outcome) is None
     assert outcome.rejections == [
         f"{m.SETUP}: {m.SETUP} reply from client 11 answers another request (nonce mismatch)"
     ]

@@ -137,7 +137,7 @@ class SecAggServer:
 
     @property
     def members(self) -> tuple[int, ...]:
-        """A multi-step session's members once keys are agreed: every step needs them all."""
+        """The sites that shared keys: every step of a multi-step session needs them all."""
         return tuple(sorted(self._sharers))
 
     def open_step(self, index: int) -> None:
